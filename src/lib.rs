@@ -1,3 +1,32 @@
+//! account-gate: an authenticating reverse proxy for the Commerce account-management API.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML schema, environment overrides and validation; the internal [`Config`].
+//! - [`server`]: binds the listeners, runs them, and shuts down gracefully.
+//! - [`proxy`]: the data plane — accept loop, per-request handler, forwarding client, headers.
+//! - [`answer`]: the one place where a refusal or failure becomes a JSON:API answer.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own listener.
+//! - [`metrics`]: every Prometheus metric, declared once.
+//! - [`logging`]: text or JSON log lines.
+//!
+//! # The path of a request
+//!
+//! `proxy::serve` accepts a connection (bounded by `max_connections`) and hands each request to
+//! `Gateway::handle`, which classifies it, rewrites its headers (hop-by-hop out, `X-Forwarded-*`
+//! and `X-Request-Id` in), forwards it through the pooled `Upstream` client and streams the
+//! answer back; an upstream failure becomes a 502/504 answer written by [`answer`].
+//!
+//! [`Config`]: config::Config
+
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod answer;
 pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+
+pub use server::{Server, StartError};

@@ -1,0 +1,106 @@
+//! The admin listener: `/metrics` for Prometheus, `/healthz` and `/readyz` for Kubernetes.
+//!
+//! It is a separate port so that it is never exposed together with the data plane.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::answer::json_api_error;
+use crate::metrics::Metrics;
+use crate::proxy::{full_body, Body};
+
+/// Whether the gateway should receive traffic. Starts not ready; turns ready once every
+/// listener is up and turns unready for good at the first shutdown signal.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    /// Marks the gateway ready, unless shutdown has begun.
+    pub fn set_ready(&self) {
+        if !self.draining.load(Ordering::SeqCst) {
+            self.ready.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Marks the gateway as shutting down: readiness is false from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// `None` when ready, else why not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::SeqCst) {
+            Some("shutting_down")
+        } else if !self.ready.load(Ordering::SeqCst) {
+            Some("starting")
+        } else {
+            None
+        }
+    }
+}
+
+/// What the admin endpoints read.
+pub struct Admin {
+    /// Exported at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Reported at `/readyz`.
+    pub health: Arc<Health>,
+}
+
+impl Admin {
+    /// Answers one admin request.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return Ok(json_api_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the admin endpoints answer GET".to_owned(),
+            ));
+        }
+        let response = match request.uri().path() {
+            "/metrics" => {
+                let mut response = Response::new(full_body(self.metrics.encode()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
+            "/readyz" => match self.health.not_ready_reason() {
+                None => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
+                Some(reason) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(r#"{{"status":"not_ready","reason":"{reason}"}}"#),
+                ),
+            },
+            _ => json_api_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the admin listener serves /metrics, /healthz and /readyz".to_owned(),
+            ),
+        };
+        Ok(response)
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(full_body(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,131 @@
+//! Every metric of the gateway, declared once, on one non-global registry.
+//!
+//! Names and labels are a contract with dashboards and alerts (DESIGN.md, "Metric names"):
+//! prefix `account_gate_`, units in the name, label values from small fixed sets only.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Route classes: the only values the `route` label takes.
+pub const ROUTES: [&str; 3] = ["signup", "scoped", "passthrough"];
+/// Status classes: the only values the `code_class` label takes.
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Upstream failure kinds: the only values the `upstream_errors_total{kind}` label takes.
+pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "failed"];
+
+/// Latency buckets from 100 µs to 30 s, roughly ×2.5 apart.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+/// The gateway's metrics. Cheap to share behind an `Arc`; every handle is lock-free.
+pub struct Metrics {
+    registry: Registry,
+    /// `requests_total{route,code_class}`: every answered request, forwarded or not.
+    pub requests_total: IntCounterVec,
+    /// `request_duration_seconds{route}`: from request head to response head, as the client sees it.
+    pub request_duration_seconds: HistogramVec,
+    /// `upstream_duration_seconds{route}`: from forwarding to the upstream's response head.
+    pub upstream_duration_seconds: HistogramVec,
+    /// `upstream_errors_total{kind}`: requests that got no usable answer from the upstream.
+    pub upstream_errors_total: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric, with each label set used by dashboards at 0.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("account_gate".to_owned()), None)?;
+        let requests_total = IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "Requests answered, by route class and status class.",
+            ),
+            &["route", "code_class"],
+        )?;
+        let request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from request head to response head, by route class.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let upstream_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_duration_seconds",
+                "Time the upstream took to send its response head, by route class.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let upstream_errors_total = IntCounterVec::new(
+            Opts::new(
+                "upstream_errors_total",
+                "Requests the upstream failed to answer, by kind.",
+            ),
+            &["kind"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "Always 1; the version label names the running build.",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(requests_total.clone()))?;
+        registry.register(Box::new(request_duration_seconds.clone()))?;
+        registry.register(Box::new(upstream_duration_seconds.clone()))?;
+        registry.register(Box::new(upstream_errors_total.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "account_gate",
+            ),
+        ))?;
+
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for route in ROUTES {
+            request_duration_seconds.with_label_values(&[route]);
+            upstream_duration_seconds.with_label_values(&[route]);
+            for class in CODE_CLASSES {
+                requests_total.with_label_values(&[route, class]);
+            }
+        }
+        for kind in UPSTREAM_ERROR_KINDS {
+            upstream_errors_total.with_label_values(&[kind]);
+        }
+        Ok(Metrics {
+            registry,
+            requests_total,
+            request_duration_seconds,
+            upstream_duration_seconds,
+            upstream_errors_total,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec only fails for malformed metric families, which `new` rules out.
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// The `code_class` label of a status.
+pub fn code_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,161 @@
+//! Shared test fixtures: a gateway builder on ephemeral ports, test upstreams, and clients.
+#![allow(dead_code)] // each test binary uses a different part of the fixtures
+
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use account_gate::config::Config;
+use account_gate::Server;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Builds a gateway in this process, on 127.0.0.1:0 for both listeners.
+pub struct TestGateway {
+    config: Config,
+}
+
+/// A gateway running in this process.
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestGateway {
+    /// A gateway forwarding to `upstream_url`, every other setting at its default except the
+    /// listeners (ephemeral) and the shutdown delay (none).
+    pub fn new(upstream_url: &str) -> Self {
+        let mut config = Config::with_upstream(upstream_url.parse().expect("upstream url"));
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        config.server.admin_listen = "127.0.0.1:0".parse().expect("addr");
+        config.server.shutdown_delay = Duration::ZERO;
+        TestGateway { config }
+    }
+
+    /// Changes the configuration before start.
+    pub fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Binds and runs the gateway; it is ready when this returns.
+    pub async fn start(self) -> RunningGateway {
+        let server = Server::bind(self.config).await.expect("gateway binds");
+        let addr = server.local_addr();
+        let admin_addr = server.admin_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        let gateway = RunningGateway {
+            addr,
+            admin_addr,
+            stop: Some(stop),
+            task,
+        };
+        wait_until("gateway ready", || async {
+            get(&format!("http://{admin_addr}/readyz")).await.0 == StatusCode::OK
+        })
+        .await;
+        gateway
+    }
+}
+
+impl RunningGateway {
+    /// `http://ADDR` of the data plane.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://ADMIN_ADDR` of the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr, path)
+    }
+
+    /// Sends the shutdown signal without waiting.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Signals shutdown and waits for the gateway to finish.
+    pub async fn shutdown(mut self) {
+        self.signal_shutdown();
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("gateway stops in time")
+            .expect("gateway task");
+    }
+
+    /// Waits for a gateway already told to stop.
+    pub async fn join(mut self) {
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("gateway stops in time")
+            .expect("gateway task");
+    }
+}
+
+/// An HTTP/1.1 client (fresh pool).
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An h2c (prior knowledge) client.
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Sends `request` with a fresh HTTP/1.1 client and collects the answer.
+pub async fn send(request: Request<Full<Bytes>>) -> (Response<()>, Bytes) {
+    collect(client().request(request).await.expect("request")).await
+}
+
+/// Collects a response's body.
+pub async fn collect(response: Response<hyper::body::Incoming>) -> (Response<()>, Bytes) {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (Response::from_parts(parts, ()), body)
+}
+
+/// `GET url`: the status and body.
+pub async fn get(url: &str) -> (StatusCode, Bytes) {
+    let request = Request::get(url).body(Full::default()).expect("request");
+    match client().request(request).await {
+        Ok(response) => {
+            let (parts, body) = collect(response).await;
+            (parts.status(), body)
+        }
+        Err(_) => (StatusCode::from_u16(599).expect("status"), Bytes::new()),
+    }
+}
+
+/// The JSON body of an answer.
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).expect("JSON body")
+}
+
+/// Polls `condition` every 10 ms until it holds, failing after 10 s.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
