@@ -3,21 +3,75 @@
 //!
 //! The types in this file are the *internal* configuration: already validated, with defaults
 //! filled in. Everything else in the crate reads these and never the raw TOML.
+//!
+//! # Loading
+//!
+//! [`load`] reads a file and the process environment; [`from_toml_str`] does the same from a
+//! string and an explicit list of variables, touching nothing global. Both:
+//!
+//! 1. parse the TOML (a syntax error is reported with its line and column, and stops there);
+//! 2. apply the environment overrides on the parsed tree (below);
+//! 3. check the tree key by key against the file schema (`file.rs`): unknown sections and keys,
+//!    values of the wrong type or syntax (`"5 parsecs"`, `"x"` for an address);
+//! 4. check ranges and relations (upstream URL shape, listener collisions, `ca_file` readable, …);
+//! 5. return the [`Config`] with any warnings, or *every* problem found, each with its dotted key:
+//!
+//! ```text
+//! server.bogus: unknown key
+//! server.listen: invalid socket address "x" (expected e.g. "0.0.0.0:8080" or "[::1]:8080")
+//! upstream.connect_timeout: invalid duration "5 parsecs" (unknown time unit "parsecs", …)
+//! ```
+//!
+//! # Environment overrides
+//!
+//! Every key can be set as `ACCOUNT_GATE__<SECTION>__<KEY>`: upper-case, `__` between the
+//! segments, e.g. `ACCOUNT_GATE__UPSTREAM__URL=https://useast.api.elasticpath.com` or
+//! `ACCOUNT_GATE__SERVER__SHUTDOWN_GRACE=10s`. An override replaces the file's value before
+//! validation and is typed by its key (`ACCOUNT_GATE__SERVER__MAX_CONNECTIONS=500` is an
+//! integer); an empty value restores the default; a variable naming an unknown section or key is
+//! an error. Errors about an overridden value name the variable.
+//!
+//! # Secrets
+//!
+//! The configuration holds only references to secrets ([`SecretRef`]: `*_env` or `*_file`), which
+//! are resolved where they are used. A reference whose target is missing at load time is a
+//! warning, not an error: the admin API that needs it refuses to start without it.
 
+mod env;
+mod error;
+mod file;
+mod render;
+mod schema;
+mod secret;
+mod validate;
+
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+pub use env::ENV_PREFIX;
+pub use error::{ConfigError, ConfigErrors};
+pub use schema::schema_keys;
+pub use secret::{Secret, SecretError, SecretRef};
+
 /// The whole, validated configuration of one gateway.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// `[server]`: the listeners.
     pub server: ServerConfig,
+    /// `[upstream]`: where requests go.
     pub upstream: UpstreamConfig,
+    /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[admin]`: the admin API's credentials.
+    pub admin: AdminConfig,
 }
 
 /// The downstream listeners and what they accept.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Where clients (the storefront) connect. Default `0.0.0.0:8080`.
     pub listen: SocketAddr,
@@ -41,7 +95,7 @@ pub struct ServerConfig {
 }
 
 /// The Commerce API (or the emulator) that requests are forwarded to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// `http://` or `https://` scheme plus authority, no path beyond `/`. Required.
     pub url: http::Uri,
@@ -59,7 +113,7 @@ pub struct UpstreamConfig {
 }
 
 /// Logging.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     /// `tracing` filter directive used when `RUST_LOG` is not set. Default `info`.
     pub level: String,
@@ -68,7 +122,8 @@ pub struct LogConfig {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines, for terminals.
     Text,
@@ -76,33 +131,91 @@ pub enum LogFormat {
     Json,
 }
 
+/// The admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the bearer token of the admin API is kept (`token_env` or `token_file`). Not set by
+    /// default; the admin API is then unavailable.
+    pub token: Option<SecretRef>,
+}
+
 impl Config {
     /// A configuration with every default and the given upstream, as a file holding only
-    /// `[upstream] url` would give.
+    /// `[upstream] url` would give. (The defaults themselves live in `file.rs`.)
     pub fn with_upstream(url: http::Uri) -> Self {
-        Config {
-            server: ServerConfig {
-                listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-                admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
-                header_read_timeout: Duration::from_secs(10),
-                max_header_bytes: 16 * 1024,
-                max_body_bytes: 64 * 1024,
-                max_connections: 10_000,
-                shutdown_delay: Duration::from_secs(5),
-                shutdown_grace: Duration::from_secs(30),
-            },
-            upstream: UpstreamConfig {
-                url,
-                ca_file: None,
-                connect_timeout: Duration::from_secs(5),
-                response_timeout: Duration::from_secs(30),
-                pool_idle_timeout: Duration::from_secs(90),
-                pool_max_idle_per_host: 64,
-            },
-            log: LogConfig {
-                level: "info".to_owned(),
-                format: LogFormat::Text,
-            },
+        file::FileConfig::default().into_config(url, AdminConfig::default())
+    }
+}
+
+/// A loaded configuration and what the operator should be told about it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: Config,
+    /// Problems that do not stop the gateway, one sentence each, prefixed with their key.
+    pub warnings: Vec<String>,
+}
+
+/// Loads the file at `path` with overrides from the process environment.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    // A variable whose name is not Unicode cannot be an override or a secret reference; a value
+    // that is not Unicode is kept lossily (with U+FFFD), which the key's checks usually reject.
+    let vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+        .collect();
+    let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    from_toml_str(&text, &env)
+}
+
+/// Loads a configuration from TOML text, with `env` (name, value) as the environment: the
+/// source of `ACCOUNT_GATE__*` overrides and of the variables secret references name.
+pub fn from_toml_str(text: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
+    let mut tree: toml::Table = text.parse().map_err(|e| syntax_error(text, &e))?;
+    let mut report = error::Report::default();
+    env::apply_overrides(&mut tree, env, &mut report);
+    schema::check_tree(&mut tree, &mut report);
+    let file = toml::Value::Table(tree)
+        .try_into::<file::FileConfig>()
+        .unwrap_or_else(|e| {
+            // Everything the schema rejects was removed above, so this is a bug; report it
+            // rather than panic, and go on to find the other problems.
+            report.error(ConfigError::Invalid {
+                key: "config".to_owned(),
+                reason: format!("internal error: {}", e.message().trim_end()),
+                env_var: None,
+            });
+            file::FileConfig::default()
+        });
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| OsString::from(v))
+    };
+    let config = validate::validate(file, &lookup, &mut report);
+    let warnings = report.finish()?;
+    match config {
+        Some(config) => Ok(Loaded { config, warnings }),
+        // validate returns None only after reporting an error, which finish() has returned.
+        None => Err(ConfigError::Invalid {
+            key: "upstream.url".to_owned(),
+            reason: "internal error: rejected without a reason".to_owned(),
+            env_var: None,
         }
+        .into()),
+    }
+}
+
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let offset = error.span().map_or(0, |span| span.start).min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    ConfigError::Syntax {
+        line: before.matches('\n').count() + 1,
+        column: before[line_start..].chars().count() + 1,
+        reason: error.message().trim_end().replace('\n', "; "),
     }
 }

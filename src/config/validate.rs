@@ -1,0 +1,240 @@
+//! Checks that need more than a value's type: ranges, the shape of the upstream URL, listeners
+//! that would collide, files that must exist. Every check runs and reports; the internal
+//! [`Config`] is built only when none failed.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Uri;
+
+use super::error::Report;
+use super::file::FileConfig;
+use super::{AdminConfig, Config, SecretRef};
+
+/// The longest duration accepted anywhere: far beyond any sensible timeout, and short enough that
+/// `Instant::now() + d` can never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Checks `file`, records problems and warnings in `report`, and returns the configuration if
+/// there were no problems. `lookup` reads environment variables for the secret-reference warning.
+pub(super) fn validate(
+    file: FileConfig,
+    lookup: &dyn Fn(&str) -> Option<OsString>,
+    report: &mut Report,
+) -> Option<Config> {
+    let (s, u) = (&file.server, &file.upstream);
+
+    // hyper panics on a header buffer under 8 KiB; the others would refuse every request.
+    for (key, value, min) in [
+        ("server.max_header_bytes", s.max_header_bytes, 8192),
+        ("server.max_body_bytes", s.max_body_bytes, 1),
+        ("server.max_connections", s.max_connections, 1),
+    ] {
+        if value < min {
+            report.invalid(key, format!("must be at least {min}, got {value}"));
+        }
+    }
+
+    // The shutdown phases may be zero (tests and demos stop at once); a zero timeout would fail
+    // every connection.
+    for (key, value, may_be_zero) in [
+        ("server.header_read_timeout", s.header_read_timeout, false),
+        ("server.shutdown_delay", s.shutdown_delay, true),
+        ("server.shutdown_grace", s.shutdown_grace, true),
+        ("upstream.connect_timeout", u.connect_timeout, false),
+        ("upstream.response_timeout", u.response_timeout, false),
+        ("upstream.pool_idle_timeout", u.pool_idle_timeout, false),
+    ] {
+        if value.is_zero() && !may_be_zero {
+            report.invalid(key, "must be greater than 0");
+        } else if value > MAX_DURATION {
+            report.invalid(key, "must be at most 24h");
+        }
+    }
+
+    if report.is_ok("server.listen")
+        && report.is_ok("server.admin_listen")
+        && listeners_collide(s.listen, s.admin_listen)
+    {
+        report.invalid(
+            "server.admin_listen",
+            format!(
+                "\"{}\" collides with server.listen \"{}\"; the admin listener needs its own port",
+                s.admin_listen, s.listen
+            ),
+        );
+    }
+
+    let url = match &u.url {
+        None => {
+            if report.is_ok("upstream.url") {
+                report.missing("upstream.url");
+            }
+            None
+        }
+        Some(raw) => parse_upstream_url(raw)
+            .map_err(|reason| report.invalid("upstream.url", reason))
+            .ok(),
+    };
+
+    if let Some(ca_file) = &u.ca_file {
+        if let Err(reason) = readable_file(ca_file) {
+            report.invalid("upstream.ca_file", reason);
+        } else if url.as_ref().is_some_and(|u| u.scheme_str() == Some("http")) {
+            report.warn("upstream.ca_file", "ignored: upstream.url is plain http");
+        }
+    }
+
+    if file.log.level.trim().is_empty() {
+        report.invalid("log.level", "must not be empty");
+    } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
+        report.invalid(
+            "log.level",
+            format!("invalid filter {:?}: {e}", file.log.level),
+        );
+    }
+
+    let admin = admin_config(&file, report);
+    if let Some(token) = &admin.token {
+        // The admin API is optional until it is used; `run` refuses to start it without a token.
+        if let Err(e) = token.resolve_with(lookup) {
+            report.warn(token.admin_key(), e);
+        }
+    }
+
+    Some(file.into_config(url?, admin))
+}
+
+/// The admin token reference, checking that at most one of `token_env`/`token_file` is set.
+fn admin_config(file: &FileConfig, report: &mut Report) -> AdminConfig {
+    let token = match (&file.admin.token_env, &file.admin.token_file) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            report.invalid(
+                "admin",
+                "token_env and token_file are both set; set one of them",
+            );
+            None
+        }
+        (Some(name), None) => {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                report.invalid(
+                    "admin.token_env",
+                    format!("{name:?} is not an environment variable name"),
+                );
+                None
+            } else {
+                Some(SecretRef::Env(name.clone()))
+            }
+        }
+        (None, Some(path)) => {
+            if path.as_os_str().is_empty() {
+                report.invalid("admin.token_file", "must not be empty");
+                None
+            } else {
+                Some(SecretRef::File(path.clone()))
+            }
+        }
+    };
+    AdminConfig { token }
+}
+
+/// The upstream as `scheme://authority`, which requests are forwarded to with their own path.
+fn parse_upstream_url(raw: &str) -> Result<Uri, String> {
+    // Checked first and without echoing the value, which would print the password.
+    if raw.contains('@') {
+        return Err("must not contain credentials (user:password@)".to_owned());
+    }
+    let uri: Uri = raw
+        .parse()
+        .map_err(|e| format!("invalid URL {raw:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(format!("scheme must be http or https, not {other:?}")),
+        None => {
+            return Err(format!(
+            "{raw:?} is not an absolute URL (expected e.g. \"https://useast.api.elasticpath.com\")"
+        ))
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{raw:?} has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") {
+        return Err(format!(
+            "must not have a path (found {:?}): requests keep their own path",
+            uri.path()
+        ));
+    }
+    // `Uri` silently drops a fragment, so look at the text too.
+    if uri.query().is_some() || raw.contains('#') {
+        return Err(format!("{raw:?} must not have a query or fragment"));
+    }
+    Ok(uri)
+}
+
+/// Two listeners collide when one would fail to bind while the other is bound. Port 0 (an
+/// ephemeral port, as tests use) never collides.
+fn listeners_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn readable_file(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(format!("{shown} is not a regular file")),
+        Err(e) => Err(format!("cannot read {shown}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_url_is_scheme_and_authority_only() {
+        for ok in [
+            "https://useast.api.elasticpath.com",
+            "https://useast.api.elasticpath.com/",
+            "http://127.0.0.1:8081",
+        ] {
+            assert!(parse_upstream_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ftp://h",
+            "h:80",
+            "/v2",
+            "http://h/v2",
+            "http://h/?q=1",
+            "http://h/#f",
+            "http://u:p@h",
+            "http://:80",
+            "not a url",
+        ] {
+            assert!(parse_upstream_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_not_echoed() {
+        let err = parse_upstream_url("https://me:hunter2@h").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn listener_collisions() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(listeners_collide(addr("0.0.0.0:80"), addr("127.0.0.1:80")));
+        assert!(listeners_collide(addr("[::]:80"), addr("127.0.0.1:80")));
+        assert!(listeners_collide(addr("10.0.0.1:80"), addr("10.0.0.1:80")));
+        assert!(!listeners_collide(addr("10.0.0.1:80"), addr("10.0.0.2:80")));
+        assert!(!listeners_collide(addr("127.0.0.1:0"), addr("127.0.0.1:0")));
+        assert!(!listeners_collide(addr("0.0.0.0:80"), addr("0.0.0.0:81")));
+    }
+}

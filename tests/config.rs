@@ -1,0 +1,380 @@
+//! The configuration loader, through its public API only.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use account_gate::config::{
+    from_toml_str, load, schema_keys, Config, ConfigError, ConfigErrors, Loaded, LogFormat, Secret,
+    SecretError, SecretRef,
+};
+
+const MINIMAL: &str = "[upstream]\nurl = \"http://127.0.0.1:1234\"\n";
+
+fn ok(text: &str, env: &[(&str, &str)]) -> Loaded {
+    match from_toml_str(text, env) {
+        Ok(loaded) => loaded,
+        Err(errors) => panic!("expected a valid config, got:\n{errors}"),
+    }
+}
+
+fn errors(text: &str, env: &[(&str, &str)]) -> ConfigErrors {
+    match from_toml_str(text, env) {
+        Ok(loaded) => panic!("expected errors, got {:?}", loaded.config),
+        Err(errors) => errors,
+    }
+}
+
+fn keys(errors: &ConfigErrors) -> Vec<&str> {
+    errors.errors.iter().filter_map(ConfigError::key).collect()
+}
+
+fn shipped(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name)
+}
+
+#[test]
+fn a_file_with_only_the_upstream_url_is_complete() {
+    let loaded = ok(MINIMAL, &[]);
+    let expected = Config::with_upstream("http://127.0.0.1:1234".parse().unwrap());
+    assert_eq!(loaded.config, expected);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.config.server.listen.port(), 8080);
+    assert_eq!(
+        loaded.config.upstream.connect_timeout,
+        Duration::from_secs(5)
+    );
+    assert_eq!(loaded.config.log.format, LogFormat::Text);
+    assert_eq!(loaded.config.admin.token, None);
+}
+
+#[test]
+fn every_mistake_is_reported_with_its_key() {
+    let text = r#"
+[server]
+listen = "x"
+bogus = 1
+
+[upstream]
+url = "http://127.0.0.1:1234"
+connect_timeout = "5 parsecs"
+"#;
+    let errors = errors(text, &[]);
+    assert_eq!(errors.errors.len(), 3, "{errors}");
+    let shown = errors.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 3, "{shown}");
+    assert!(lines.contains(&"server.bogus: unknown key"), "{shown}");
+    assert!(
+        shown.contains("server.listen: invalid socket address \"x\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("upstream.connect_timeout: invalid duration \"5 parsecs\""),
+        "{shown}"
+    );
+}
+
+#[test]
+fn missing_url_and_semantic_problems_are_reported_together() {
+    let text = r#"
+[server]
+listen = "0.0.0.0:7000"
+admin_listen = "127.0.0.1:7000"
+max_header_bytes = 100
+max_body_bytes = 0
+max_connections = 0
+header_read_timeout = "0s"
+"#;
+    let errors = errors(text, &[]);
+    let mut keys = keys(&errors);
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "server.admin_listen",
+            "server.header_read_timeout",
+            "server.max_body_bytes",
+            "server.max_connections",
+            "server.max_header_bytes",
+            "upstream.url",
+        ],
+        "{errors}"
+    );
+    assert!(errors
+        .to_string()
+        .contains("upstream.url: missing (required)"));
+}
+
+#[test]
+fn upstream_url_must_be_scheme_and_host_only() {
+    for url in ["ftp://h", "http://h/v2", "http://h/?a=b", "localhost:80"] {
+        let text = format!("[upstream]\nurl = {url:?}\n");
+        assert_eq!(keys(&errors(&text, &[])), ["upstream.url"], "{url}");
+    }
+}
+
+#[test]
+fn unknown_sections_are_errors() {
+    let errors = errors(&format!("{MINIMAL}\n[tls]\ncert = \"x\"\n"), &[]);
+    assert_eq!(
+        errors.errors,
+        [ConfigError::UnknownSection {
+            key: "tls".into(),
+            env_var: None
+        }]
+    );
+    assert_eq!(errors.to_string(), "tls: unknown section");
+}
+
+#[test]
+fn wrong_types_are_errors() {
+    let text =
+        format!("{MINIMAL}\n[server]\nmax_connections = \"many\"\n\n[log]\nformat = \"xml\"\n");
+    let errors = errors(&text, &[]);
+    assert_eq!(
+        keys(&errors),
+        ["log.format", "server.max_connections"],
+        "{errors}"
+    );
+    assert!(errors.to_string().contains("\"many\""), "{errors}");
+}
+
+#[test]
+fn environment_overrides_are_typed_by_their_key() {
+    let env = [
+        ("ACCOUNT_GATE__SERVER__MAX_CONNECTIONS", "12"),
+        ("ACCOUNT_GATE__SERVER__SHUTDOWN_GRACE", "10s"),
+        (
+            "ACCOUNT_GATE__UPSTREAM__URL",
+            "https://useast.api.elasticpath.com",
+        ),
+        ("ACCOUNT_GATE__LOG__FORMAT", "json"),
+        ("ACCOUNT_GATE_CONFIG", "/not/an/override"),
+        ("UNRELATED", "1"),
+    ];
+    let config = ok("[upstream]\nurl = \"http://file\"\n", &env).config;
+    assert_eq!(config.server.max_connections, 12);
+    assert_eq!(config.server.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(
+        config.upstream.url.host(),
+        Some("useast.api.elasticpath.com")
+    );
+    assert_eq!(config.log.format, LogFormat::Json);
+
+    // The URL alone, from the environment, is a complete configuration.
+    ok("", &[("ACCOUNT_GATE__UPSTREAM__URL", "http://127.0.0.1:1")]);
+}
+
+#[test]
+fn environment_overrides_must_name_a_key() {
+    let env = [
+        ("ACCOUNT_GATE__SERVER__BOGUS", "1"),
+        ("ACCOUNT_GATE__NOPE__LISTEN", "1"),
+        ("ACCOUNT_GATE__SERVER", "1"),
+        ("ACCOUNT_GATE__SERVER__MAX_BODY_BYTES", "lots"),
+    ];
+    let errors = errors(MINIMAL, &env);
+    let shown = errors.to_string();
+    assert_eq!(errors.errors.len(), 4, "{shown}");
+    assert!(
+        shown.contains("server.bogus: unknown key (from ACCOUNT_GATE__SERVER__BOGUS)"),
+        "{shown}"
+    );
+    assert!(shown.contains("nope: unknown section"), "{shown}");
+    assert!(shown.contains("ACCOUNT_GATE__SERVER: expected"), "{shown}");
+    assert!(
+        shown.contains("server.max_body_bytes: ")
+            && shown.contains("(from ACCOUNT_GATE__SERVER__MAX_BODY_BYTES)"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn an_empty_override_restores_the_default() {
+    let text = format!("{MINIMAL}\n[server]\nmax_connections = 5\n");
+    let config = ok(&text, &[("ACCOUNT_GATE__SERVER__MAX_CONNECTIONS", "")]).config;
+    assert_eq!(config.server.max_connections, 10_000);
+}
+
+#[test]
+fn secret_references_resolve_from_env_and_file() {
+    let env_ref = SecretRef::Env("CARGO_PKG_NAME".into());
+    assert_eq!(env_ref.resolve().unwrap().expose(), "account-gate");
+
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(b"s3cr3t\n").unwrap();
+    let file_ref = SecretRef::File(file.path().to_owned());
+    assert_eq!(file_ref.resolve().unwrap().expose(), "s3cr3t");
+
+    let gone = SecretRef::File(file.path().with_extension("gone")).resolve();
+    assert!(matches!(gone, Err(SecretError::Read { .. })), "{gone:?}");
+}
+
+#[test]
+fn secret_reference_from_the_file() {
+    let text = format!("{MINIMAL}\n[admin]\ntoken_env = \"ADMIN_TOKEN\"\n");
+    let loaded = ok(&text, &[("ADMIN_TOKEN", "s3cr3t")]);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let token = loaded.config.admin.token.as_ref().unwrap();
+    assert_eq!(*token, SecretRef::Env("ADMIN_TOKEN".into()));
+    let secret = token
+        .resolve_with(|name| (name == "ADMIN_TOKEN").then(|| "s3cr3t".into()))
+        .unwrap();
+    assert_eq!(secret.expose(), "s3cr3t");
+}
+
+#[test]
+fn both_secret_references_are_an_error() {
+    let text = format!("{MINIMAL}\n[admin]\ntoken_env = \"T\"\ntoken_file = \"/t\"\n");
+    assert_eq!(keys(&errors(&text, &[])), ["admin"]);
+}
+
+#[test]
+fn a_missing_secret_target_is_a_warning() {
+    let text = format!("{MINIMAL}\n[admin]\ntoken_env = \"ADMIN_TOKEN\"\n");
+    let loaded = ok(&text, &[]);
+    assert_eq!(
+        loaded.warnings,
+        ["admin.token_env: environment variable ADMIN_TOKEN is not set"]
+    );
+
+    let text = format!("{MINIMAL}\n[admin]\ntoken_file = \"/nonexistent/admin-token\"\n");
+    let loaded = ok(&text, &[]);
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(
+        loaded.warnings[0].starts_with("admin.token_file: cannot read /nonexistent/admin-token"),
+        "{:?}",
+        loaded.warnings
+    );
+}
+
+#[test]
+fn secrets_print_redacted() {
+    let secret = Secret::new("s3cr3t");
+    assert_eq!(format!("{secret:?}"), "[redacted]");
+    assert_eq!(format!("{secret}"), "[redacted]");
+}
+
+#[test]
+fn ca_file_must_be_readable() {
+    let text = "[upstream]\nurl = \"https://h\"\nca_file = \"/nonexistent/ca.pem\"\n";
+    assert_eq!(keys(&errors(text, &[])), ["upstream.ca_file"]);
+
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    let text = format!(
+        "[upstream]\nurl = \"https://h\"\nca_file = {:?}\n",
+        ca.path().display().to_string()
+    );
+    assert_eq!(
+        ok(&text, &[]).config.upstream.ca_file.as_deref(),
+        Some(ca.path())
+    );
+}
+
+#[test]
+fn redacted_toml_round_trips_without_the_secret() {
+    let text = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+header_read_timeout = "250ms"
+shutdown_delay = "0s"
+
+[upstream]
+url = "https://useast.api.elasticpath.com"
+pool_idle_timeout = "1m 30s"
+
+[log]
+level = "info,account_gate=debug"
+format = "json"
+
+[admin]
+token_env = "ADMIN_TOKEN"
+"#;
+    let env = [("ADMIN_TOKEN", "s3cr3t-value")];
+    let config = ok(text, &env).config;
+    let rendered = config.to_redacted_toml();
+    assert!(!rendered.contains("s3cr3t"), "{rendered}");
+    assert!(
+        rendered.contains("token_env = \"ADMIN_TOKEN\""),
+        "{rendered}"
+    );
+    assert!(rendered.contains("# token_file is not set"), "{rendered}");
+    for key in schema_keys() {
+        let (_, key) = key.split_once('.').unwrap();
+        assert!(rendered.contains(key), "{key} missing from\n{rendered}");
+    }
+    assert_eq!(ok(&rendered, &env).config, config, "{rendered}");
+
+    let defaults = Config::with_upstream("http://127.0.0.1:1234".parse().unwrap());
+    assert_eq!(ok(&defaults.to_redacted_toml(), &[]).config, defaults);
+}
+
+#[test]
+fn syntax_errors_have_a_line_and_column() {
+    let text = "[upstream]\nurl = \"http://h\"\nconnect_timeout = \n";
+    let errors = errors(text, &[]);
+    match errors.errors.as_slice() {
+        [ConfigError::Syntax { line, column, .. }] => assert_eq!((*line, *column), (3, 19)),
+        other => panic!("expected one syntax error, got {other:?}"),
+    }
+    assert!(
+        errors.to_string().starts_with("line 3, column 19: "),
+        "{errors}"
+    );
+}
+
+#[test]
+fn load_reports_an_unreadable_file() {
+    let errors = load(Path::new("/nonexistent/account-gate.toml")).unwrap_err();
+    assert!(matches!(
+        errors.errors.as_slice(),
+        [ConfigError::Read { .. }]
+    ));
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let production = load(&shipped("account-gate.toml")).unwrap_or_else(|e| panic!("{e}"));
+    // The shipped file documents the defaults, so it must equal them.
+    let url = "https://useast.api.elasticpath.com".parse().unwrap();
+    assert_eq!(production.config, Config::with_upstream(url));
+
+    let demo = load(&shipped("demo.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(demo.config.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(
+        demo.config.server.admin_listen.to_string(),
+        "127.0.0.1:9090"
+    );
+    assert_eq!(
+        demo.config.upstream.url.to_string(),
+        "http://127.0.0.1:8081/"
+    );
+    assert_eq!(demo.config.log.level, "info");
+}
+
+#[test]
+fn shipped_config_mentions_every_key() {
+    let text = std::fs::read_to_string(shipped("account-gate.toml")).unwrap();
+    let mut section = String::new();
+    let mut mentioned = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+        } else if let Some((key, _)) = line.trim_start_matches(['#', ' ']).split_once(" = ") {
+            if !section.is_empty() {
+                mentioned.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    for key in schema_keys() {
+        assert!(
+            mentioned.contains(&key),
+            "account-gate.toml does not mention {key}"
+        );
+    }
+}
