@@ -11,7 +11,8 @@
 //! # Layout
 //!
 //! - [`options`]: [`EmulatorOptions`] and the demo ids and secrets.
-//! - `router`: path → handler, request counting.
+//! - `router`: path → handler.
+//! - `counters`: requests received, in total and by path, for tests.
 //! - `oauth`, `tokens`, `accounts`: the endpoints.
 //! - `request`: body limits, credentials and JSON:API `data` checks shared by the endpoints.
 //! - `state`: the capped in-memory tables.
@@ -19,6 +20,7 @@
 //! - `error`: the one place a refusal becomes a JSON:API answer.
 
 mod accounts;
+mod counters;
 mod error;
 mod jwt;
 mod oauth;
@@ -126,12 +128,12 @@ impl EmulatorHandle {
 
     /// Total requests received, whatever their answer.
     pub fn requests(&self) -> u64 {
-        self.state.requests()
+        self.state.counters.total()
     }
 
     /// Requests whose path (without query) starts with `path_prefix`.
     pub fn requests_to(&self, path_prefix: &str) -> u64 {
-        self.state.requests_to(path_prefix)
+        self.state.counters.with_prefix(path_prefix)
     }
 
     /// The pending one-time password of `username`, standing in for the email the API sends.

@@ -14,7 +14,7 @@ use super::tokens;
 
 /// Answers one request; never fails, because every refusal is itself an answer.
 pub(crate) async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
-    state.count_request(request.uri().path());
+    state.counters.count(request.uri().path());
     let method = request.method().clone();
     let response = route(&state, request)
         .await

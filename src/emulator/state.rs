@@ -5,20 +5,15 @@
 //! the short operations below, so contention stays trivial next to the socket work.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::counters::RequestCounters;
 use super::error::ApiError;
 use super::jwt::{format_expires, unix_now};
 use super::options::EmulatorOptions;
-
-/// Distinct paths remembered by the per-path counter; beyond it only the total is exact.
-const MAX_COUNTED_PATHS: usize = 65_536;
-/// Longest path kept by the per-path counter; prefix queries shorter than this stay exact.
-const MAX_COUNTED_PATH_LEN: usize = 512;
 
 /// Which OAuth grant minted a store access token; some routes need `client_credentials`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,23 +85,17 @@ struct Tables {
     otps: HashMap<String, Otp>,
 }
 
-/// Request counters that let tests assert what reached the upstream.
-#[derive(Default)]
-struct Counters {
-    total: AtomicU64,
-    by_path: Mutex<HashMap<String, u64>>,
-}
-
 /// Shared state of one emulator: options, tables and counters.
 pub(crate) struct State {
     pub opts: EmulatorOptions,
     /// Base of the `links` URLs, e.g. `http://127.0.0.1:PORT`.
     pub base_url: String,
+    /// Request counts, public so the handle can answer `requests`/`requests_to`.
+    pub counters: RequestCounters,
     tables: Mutex<Tables>,
-    counters: Counters,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A handler that panicked mid-update cannot leave these maps in a state worse than stale,
     // so keep serving rather than turn one bug into a dead emulator.
     mutex
@@ -141,39 +130,9 @@ impl State {
         Self {
             opts,
             base_url,
+            counters: RequestCounters::default(),
             tables: Mutex::new(Tables::default()),
-            counters: Counters::default(),
         }
-    }
-
-    /// Counts one request to `path`.
-    pub(crate) fn count_request(&self, path: &str) {
-        self.counters.total.fetch_add(1, Ordering::Relaxed);
-        let mut end = path.len().min(MAX_COUNTED_PATH_LEN);
-        while !path.is_char_boundary(end) {
-            end -= 1;
-        }
-        let key = &path[..end];
-        let mut by_path = lock(&self.counters.by_path);
-        if let Some(count) = by_path.get_mut(key) {
-            *count += 1;
-        } else if by_path.len() < MAX_COUNTED_PATHS {
-            by_path.insert(key.to_owned(), 1);
-        }
-    }
-
-    /// Requests received so far.
-    pub(crate) fn requests(&self) -> u64 {
-        self.counters.total.load(Ordering::Relaxed)
-    }
-
-    /// Requests so far whose path starts with `prefix`.
-    pub(crate) fn requests_to(&self, prefix: &str) -> u64 {
-        lock(&self.counters.by_path)
-            .iter()
-            .filter(|(path, _)| path.starts_with(prefix))
-            .map(|(_, count)| count)
-            .sum()
     }
 
     /// Mints and remembers a store access token; returns it with its expiry (unix seconds).
