@@ -936,3 +936,48 @@ async fn handle_shutdown_closes_the_port() {
     api.emulator.shutdown().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn expired_access_tokens_are_refused() {
+    // A zero lifetime expires the token at issue, so expiry is tested without waiting.
+    let api = Api::with(EmulatorOptions {
+        access_token_lifetime: std::time::Duration::ZERO,
+        ..EmulatorOptions::default()
+    })
+    .await;
+    assert_error(
+        &api.sign_up("late@example.com", "pw").await,
+        StatusCode::UNAUTHORIZED,
+    );
+}
+
+#[tokio::test]
+async fn expired_otps_are_refused() {
+    let api = Api::with(EmulatorOptions {
+        otp_lifetime: std::time::Duration::ZERO,
+        ..EmulatorOptions::default()
+    })
+    .await;
+    api.sign_up("slow@example.com", "pw").await;
+    let bearer = format!("Bearer {}", api.implicit().await);
+    let path = format!(
+        "/v2/authentication-realms/{DEMO_REALM_ID}/password-profiles/{DEMO_PASSWORD_PROFILE_ID}/one-time-password-token-request"
+    );
+    let request = json!({"data": {"type": "one_time_password_token_request",
+        "username": "slow@example.com", "purpose": "passwordless_authentication"}});
+    let accepted = api
+        .post_json(&path, &[("authorization", &bearer)], request)
+        .await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED);
+    let otp = api.emulator.last_otp("slow@example.com").unwrap();
+    let login = api
+        .tokens(json!({
+            "type": TOKEN_TYPE,
+            "authentication_mechanism": "passwordless",
+            "password_profile_id": DEMO_PASSWORD_PROFILE_ID,
+            "username": "slow@example.com",
+            "one_time_password_token": otp,
+        }))
+        .await;
+    assert_error(&login, StatusCode::UNAUTHORIZED);
+}

@@ -1,6 +1,7 @@
 //! What an emulator instance is configured with: identities, secrets, lifetimes and the
 //! capacity limits that keep it bounded in memory under benchmark load.
 
+use std::fmt;
 use std::time::Duration;
 
 /// Store id stamped into every account token by a default emulator.
@@ -17,7 +18,9 @@ pub const DEMO_CLIENT_ID: &str = "demo-client-id";
 pub const DEMO_CLIENT_SECRET: &str = "demo-client-secret";
 
 /// Everything an emulator needs; `Default` gives the demo store.
-#[derive(Clone, Debug)]
+///
+/// `Debug` redacts the signing secret and the client secret, so options can be logged.
+#[derive(Clone)]
 pub struct EmulatorOptions {
     /// HS256 key for account tokens; a gateway in `signature` mode must be given the same one.
     pub signing_secret: Vec<u8>,
@@ -53,6 +56,29 @@ pub struct EmulatorOptions {
     pub drain_timeout: Duration,
 }
 
+impl fmt::Debug for EmulatorOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmulatorOptions")
+            .field("signing_secret", &"<redacted>")
+            .field("token_lifetime", &self.token_lifetime)
+            .field("store_id", &self.store_id)
+            .field("realm_id", &self.realm_id)
+            .field("password_profile_id", &self.password_profile_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("access_token_lifetime", &self.access_token_lifetime)
+            .field("otp_lifetime", &self.otp_lifetime)
+            .field("max_members", &self.max_members)
+            .field("max_accounts", &self.max_accounts)
+            .field("max_accounts_per_member", &self.max_accounts_per_member)
+            .field("max_access_tokens", &self.max_access_tokens)
+            .field("max_otps", &self.max_otps)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish()
+    }
+}
+
 impl Default for EmulatorOptions {
     fn default() -> Self {
         Self {
@@ -73,5 +99,18 @@ impl Default for EmulatorOptions {
             max_body_bytes: 1024 * 1024,
             drain_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let printed = format!("{:?}", EmulatorOptions::default());
+        assert!(!printed.contains(DEMO_CLIENT_SECRET), "{printed}");
+        assert!(!printed.contains("not-for-production"), "{printed}");
+        assert!(printed.contains(DEMO_CLIENT_ID), "{printed}");
     }
 }
