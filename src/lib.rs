@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod answer;
 pub mod config;
+pub mod emulator;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
