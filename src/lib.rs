@@ -9,6 +9,8 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own listener.
 //! - [`metrics`]: every Prometheus metric, declared once.
 //! - [`logging`]: text or JSON log lines.
+//! - [`emulator`]: an in-process Commerce API stand-in for the demo, tests and benchmarks.
+//! - [`demo`] and [`cli`]: what the subcommands of `main.rs` do.
 //!
 //! # The path of a request
 //!
@@ -23,7 +25,9 @@
 
 pub mod admin;
 pub mod answer;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod emulator;
 pub mod logging;
 pub mod metrics;

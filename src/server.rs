@@ -84,6 +84,7 @@ impl Server {
             max_header_bytes: server.max_header_bytes,
             shutdown_grace: server.shutdown_grace,
         };
+        let (listen, admin_listen) = (self.local_addr(), self.admin_addr());
         let (stop_data, data_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
 
@@ -106,8 +107,8 @@ impl Server {
         ));
         self.admin.health.set_ready();
         tracing::info!(
-            listen = %self.config.server.listen,
-            admin = %self.config.server.admin_listen,
+            listen = %listen,
+            admin = %admin_listen,
             upstream = %self.config.upstream.url,
             "account-gate ready"
         );

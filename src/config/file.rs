@@ -41,6 +41,7 @@ pub(super) struct ServerFile {
     pub shutdown_delay: Duration,
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    pub worker_threads: usize,
 }
 
 impl Default for ServerFile {
@@ -54,6 +55,7 @@ impl Default for ServerFile {
             max_connections: 10_000,
             shutdown_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
+            worker_threads: 0,
         }
     }
 }
@@ -136,6 +138,7 @@ impl FileConfig {
                 max_connections: s.max_connections,
                 shutdown_delay: s.shutdown_delay,
                 shutdown_grace: s.shutdown_grace,
+                worker_threads: s.worker_threads,
             },
             upstream: UpstreamConfig {
                 url,
@@ -170,6 +173,7 @@ impl From<&Config> for FileConfig {
                 max_connections: s.max_connections,
                 shutdown_delay: s.shutdown_delay,
                 shutdown_grace: s.shutdown_grace,
+                worker_threads: s.worker_threads,
             },
             upstream: UpstreamFile {
                 url: Some(u.url.to_string()),

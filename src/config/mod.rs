@@ -92,6 +92,9 @@ pub struct ServerConfig {
     pub shutdown_delay: Duration,
     /// How long in-flight requests may take to finish once the listener has stopped. Default `30s`.
     pub shutdown_grace: Duration,
+    /// Runtime worker threads: 0 means one per CPU core, 1 a single-threaded runtime (the
+    /// leanest for a sidecar). Default 0.
+    pub worker_threads: usize,
 }
 
 /// The Commerce API (or the emulator) that requests are forwarded to.

@@ -186,7 +186,7 @@ mod tests {
             field_names::<AdminFile>(),
             ["token_env", "token_file"].as_slice()
         );
-        assert_eq!(field_names::<ServerFile>().len(), 8);
+        assert_eq!(field_names::<ServerFile>().len(), 9);
     }
 
     #[test]

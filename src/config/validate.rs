@@ -36,6 +36,12 @@ pub(super) fn validate(
             report.invalid(key, format!("must be at least {min}, got {value}"));
         }
     }
+    if s.worker_threads > 1024 {
+        report.invalid(
+            "server.worker_threads",
+            format!("must be at most 1024, got {}", s.worker_threads),
+        );
+    }
 
     // The shutdown phases may be zero (tests and demos stop at once); a zero timeout would fail
     // every connection.

@@ -1,0 +1,157 @@
+//! What each subcommand does, so that `main.rs` only parses arguments.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::{self, LogFormat};
+use crate::demo::{self, DemoAddrs};
+use crate::emulator::{Emulator, EmulatorOptions};
+use crate::{logging, Server};
+
+/// `account-gate check-config`: exit 0 with the effective config (secrets redacted) and any
+/// warnings, or exit 1 with every error.
+pub fn check_config(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", loaded.config.to_redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: invalid configuration", path.display());
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `account-gate run`: load the config, refuse to start on any error or missing secret, then
+/// serve until SIGTERM or SIGINT and drain.
+pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
+    let loaded = match config::load(path) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("{}: invalid configuration", path.display());
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // A secret that is referenced but absent is only a warning for check-config; a gateway
+    // must not start without it.
+    if !loaded.warnings.is_empty() {
+        for warning in &loaded.warnings {
+            eprintln!("error: {warning}");
+        }
+        return ExitCode::FAILURE;
+    }
+    let mut config = loaded.config;
+    if let Some(format) = log_format {
+        config.log.format = format;
+    }
+    logging::init(&config.log);
+    let runtime = match runtime(config.server.worker_threads) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::bind(config).await {
+            Ok(server) => server,
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        server.run(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// `account-gate emulator`: the Commerce stand-in alone, until SIGTERM or SIGINT.
+pub fn emulator(listen: SocketAddr) -> ExitCode {
+    logging::init(&config::LogConfig {
+        level: "info".to_owned(),
+        format: LogFormat::Text,
+    });
+    block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("cannot listen on {listen}: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().unwrap_or(listen);
+        println!("Commerce emulator listening on http://{addr}");
+        match Emulator::serve(listener, EmulatorOptions::default(), shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("emulator failed: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// `account-gate demo`: emulator and gateway on loopback, with a walkthrough.
+pub fn demo(addrs: DemoAddrs) -> ExitCode {
+    block_on(async move {
+        match demo::run(addrs, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("demo failed: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// A tokio runtime with `workers` threads (0: one per core; 1: current-thread).
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if workers > 1 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build()
+}
+
+fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match runtime(0) {
+        Ok(runtime) => runtime.block_on(future),
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes at the first SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

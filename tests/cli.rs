@@ -1,0 +1,261 @@
+//! The `account-gate` binary: `run` with SIGTERM, `check-config`, and the `demo` walkthrough.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::upstream::TestUpstream;
+use common::{get, wait_until};
+use http::StatusCode;
+
+const BIN: &str = env!("CARGO_BIN_EXE_account-gate");
+
+/// A child process whose output lines arrive on channels; killed on drop.
+struct Process {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Process {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn account-gate");
+        let stdout = lines(child.stdout.take().expect("stdout"));
+        let stderr = lines(child.stderr.take().expect("stderr"));
+        Process {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits (at most 20 s) for a line containing `needle` on `stream`.
+    fn wait_for_line(stream: &mpsc::Receiver<String>, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match stream.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line containing {needle:?} within 20 s"),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits (at most 30 s) for the process to exit.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The value after `key=` in a log line.
+fn field(line: &str, key: &str) -> String {
+    let start = line.find(&format!("{key}=")).expect("field present") + key.len() + 1;
+    line[start..]
+        .split_whitespace()
+        .next()
+        .expect("value")
+        .to_owned()
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(text.as_bytes()).expect("write config");
+    file
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_after_readiness_turns_false() {
+    let upstream = TestUpstream::http().await;
+    let config = config_file(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         shutdown_delay = \"300ms\"\nshutdown_grace = \"10s\"\n\n[upstream]\nurl = \"{}\"\n",
+        upstream.url
+    ));
+    let path = config.path().to_str().expect("utf-8 path").to_owned();
+    let mut gateway = Process::spawn(&["run", "--config", &path]);
+    let ready = Process::wait_for_line(&gateway.stderr, "account-gate ready");
+    let (listen, admin) = (field(&ready, "listen"), field(&ready, "admin"));
+    assert_eq!(
+        get(&format!("http://{admin}/readyz")).await.0,
+        StatusCode::OK
+    );
+
+    let slow = format!("http://{listen}/slow?ms=1500");
+    let in_flight: Vec<_> = (0..3)
+        .map(|_| {
+            let slow = slow.clone();
+            tokio::spawn(async move { get(&slow).await.0 })
+        })
+        .collect();
+    wait_until("requests in flight", || async { upstream.calls() == 3 }).await;
+
+    gateway.signal("TERM");
+    let readyz = format!("http://{admin}/readyz");
+    wait_until("readiness false", || async {
+        get(&readyz).await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    for request in in_flight {
+        assert_eq!(request.await.expect("task"), StatusCode::OK);
+    }
+    let status = tokio::task::spawn_blocking(move || gateway.wait_exit())
+        .await
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn check_config_prints_the_effective_config_or_every_error() {
+    let good = config_file("[upstream]\nurl = \"http://127.0.0.1:1\"\n");
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(good.path())
+        .output()
+        .expect("run");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("[upstream]") && stdout.contains("listen = \"0.0.0.0:8080\""));
+
+    let bad = config_file(
+        "[server]\nlisten = \"nowhere\"\nbogus = 1\n\n[upstream]\nurl = \"http://127.0.0.1:1\"\n\
+         connect_timeout = \"5 parsecs\"\n",
+    );
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(bad.path())
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for key in ["server.listen", "server.bogus", "upstream.connect_timeout"] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_secret_is_a_warning_for_check_config_and_fatal_for_run() {
+    let config = config_file(
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n\n[admin]\ntoken_env = \"ACCOUNT_GATE_TEST_UNSET_TOKEN\"\n",
+    );
+    let check = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(config.path())
+        .env_remove("ACCOUNT_GATE_TEST_UNSET_TOKEN")
+        .output()
+        .expect("run");
+    assert!(check.status.success());
+    assert!(String::from_utf8_lossy(&check.stderr).contains("ACCOUNT_GATE_TEST_UNSET_TOKEN"));
+    assert!(String::from_utf8_lossy(&check.stdout)
+        .contains("token_env = \"ACCOUNT_GATE_TEST_UNSET_TOKEN\""));
+
+    let run = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config.path())
+        .env_remove("ACCOUNT_GATE_TEST_UNSET_TOKEN")
+        .output()
+        .expect("run");
+    assert_eq!(run.status.code(), Some(1));
+
+    // With the secret present, check-config shows the reference, never the value.
+    let check = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(config.path())
+        .env("ACCOUNT_GATE_TEST_UNSET_TOKEN", "s3cr3t-admin-token")
+        .output()
+        .expect("run");
+    assert!(check.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(!all.contains("s3cr3t-admin-token"));
+}
+
+#[test]
+fn demo_comes_up_and_its_walkthrough_works() {
+    let demo = Process::spawn(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--emulator-listen",
+        "127.0.0.1:0",
+    ]);
+    Process::wait_for_line(&demo.stdout, "# --- walkthrough ---");
+    let mut script = String::new();
+    loop {
+        let line = Process::wait_for_line(&demo.stdout, "");
+        if line.starts_with("# --- end ---") {
+            break;
+        }
+        script.push_str(&line);
+        script.push('\n');
+    }
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "walkthrough failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("account "), "{stdout}");
+    let account: serde_json::Value = serde_json::from_str(lines[1]).expect("account JSON");
+    assert_eq!(account["data"]["type"], "account");
+    assert_eq!(
+        account["data"]["id"],
+        lines[0].trim_start_matches("account ")
+    );
+    assert_eq!(lines[2], "401", "the tampered token is refused");
+    assert!(stdout.contains("account_gate_requests_total{code_class=\"2xx\",route=\"signup\"} 1"));
+}
