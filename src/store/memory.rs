@@ -11,7 +11,7 @@
 //!   check that makes replacement safe). A member's set therefore never holds more than its
 //!   records in the cache; `list_member` still re-reads each record, so it never shows a dead one.
 //! - `revoked`: the deny-list, fingerprint → expiry, bounded by `max_revoked`, each entry expiring
-//!   with its token. A deny entry evicted for room before its token expired is logged as a warning:
+//!   `revoked_grace` after its token (so a validator's `exp` leeway cannot reopen the window). A deny entry evicted for room before its token expired is logged as a warning:
 //!   that token could be accepted again, so `max_revoked` must be sized for the revocation rate.
 //!
 //! # Races
@@ -28,7 +28,8 @@
 //! moka's sync cache has no background thread: expired and over-bound entries are reclaimed (and
 //! the listener run) during later writes, or by [`MemoryStore::run_pending_tasks`]. Reads never
 //! see them anyway (expiry is checked on every read). [`MemoryStore::count`] runs the pending
-//! work first, so the gauge it feeds is exact at the time of the scrape.
+//! work first, so the gauge it feeds is exact but for entries whose expiry passed within moka's
+//! last timer tick (tens of milliseconds; they are reclaimed at the next one).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,6 +51,9 @@ pub(crate) const BACKEND: &str = "memory";
 /// token's life (24 h by default), and well inside moka's timer range.
 const MAX_KEEP: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
+/// Default [`MemoryStoreOptions::revoked_grace`]: above any sensible clock-skew leeway.
+const DEFAULT_REVOKED_GRACE: Duration = Duration::from_secs(5 * 60);
+
 /// Bounds of a [`MemoryStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryStoreOptions {
@@ -57,6 +61,10 @@ pub struct MemoryStoreOptions {
     pub max_entries: u64,
     /// Most deny-list entries kept (revoked, not yet expired tokens). Default = `max_entries`.
     pub max_revoked: u64,
+    /// How long a deny entry outlives its token's expiry. A validator that accepts a token for a
+    /// `leeway` past its `exp` must not see the deny entry go first, so this must be at least the
+    /// configured `tokens.leeway`. Default 5 minutes.
+    pub revoked_grace: Duration,
 }
 
 impl MemoryStoreOptions {
@@ -65,6 +73,7 @@ impl MemoryStoreOptions {
         Self {
             max_entries,
             max_revoked: max_entries,
+            revoked_grace: DEFAULT_REVOKED_GRACE,
         }
     }
 }
@@ -142,6 +151,8 @@ pub struct MemoryStore {
     index: Arc<MemberIndex>,
     /// Source of write generations for the index (see `member_index.rs`).
     generations: Arc<AtomicU64>,
+    /// [`MemoryStoreOptions::revoked_grace`].
+    revoked_grace: Duration,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -186,6 +197,7 @@ impl MemoryStore {
             revoked,
             index,
             generations: Arc::new(AtomicU64::new(0)),
+            revoked_grace: opts.revoked_grace,
         }
     }
 
@@ -213,8 +225,12 @@ impl MemoryStore {
         alive.then_some(record)
     }
 
-    /// Puts `fp` on the deny-list until `until`, or extends its entry; `true` if it was not on it.
-    fn deny(&self, fp: &Fingerprint, until: SystemTime) -> bool {
+    /// Puts `fp` on the deny-list until `expires_at` + grace, or extends its entry; `true` if it
+    /// was not on it.
+    fn deny(&self, fp: &Fingerprint, expires_at: SystemTime) -> bool {
+        let until = expires_at
+            .checked_add(self.revoked_grace)
+            .unwrap_or(expires_at);
         if until <= SystemTime::now() {
             return false;
         }
@@ -334,7 +350,8 @@ impl TokenStore for MemoryStore {
     }
 
     fn count(&self) -> u64 {
-        // Without this, entry_count lags writes and still counts expired entries.
+        // Without this, entry_count lags writes and still counts expired entries. The maintenance
+        // is bounded work and runs at scrape frequency, not per request.
         self.records.run_pending_tasks();
         self.records.entry_count()
     }

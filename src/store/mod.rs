@@ -16,7 +16,7 @@
 //! - **Expiry is authoritative.** A record is never returned at or after its `expires_at`,
 //!   whatever the backend's own eviction schedule is; backends evict at expiry to reclaim space.
 //! - **Revocation wins.** [`TokenStore::revoke`] puts the fingerprint on a deny-list until the
-//!   token's expiry *before* it removes the record, and [`TokenStore::record`] refuses a denied
+//!   token's expiry plus a grace (≥ the validator's `exp` leeway) *before* it removes the record, and [`TokenStore::record`] refuses a denied
 //!   fingerprint. In the memory backend both run under moka's per-key lock, so a `record` racing a
 //!   `revoke` either lands first and is removed, or sees the deny entry: a revoked token is never
 //!   resurrected, by a late sign-up tee, by `unknown = upstream` learning, or by a replay.
@@ -126,12 +126,14 @@ pub trait TokenStore: Send + Sync {
     ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send;
 
     /// Revokes one token: puts `fp` on the deny-list until `expires_at` (the token's own expiry;
-    /// if the store holds a record expiring later, until that), then removes its record.
+    /// if the store holds a record expiring later, until that) plus the backend's configured
+    /// grace (at least the validator's `exp` leeway), then removes its record.
     ///
     /// Works for a fingerprint the store never recorded (a `signature`-mode token). Returns `true`
     /// if the fingerprint was newly put on the deny-list — the increment of
-    /// `tokens_revoked_total` — and `false` if it already was, or if the token had already expired
-    /// (an expired token needs no deny entry; its record, if any, is still removed).
+    /// `tokens_revoked_total` — and `false` if it already was, or if the token's expiry plus the
+    /// grace has already passed (such a token needs no deny entry; its record, if any, is still
+    /// removed).
     fn revoke(
         &self,
         fp: &Fingerprint,
