@@ -33,5 +33,6 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod store;
 
 pub use server::{Server, StartError};
