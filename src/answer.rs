@@ -9,6 +9,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use crate::proxy::{full_body, Body, UpstreamError};
+use crate::signup::SignupError;
 
 /// Everything the data plane can answer by itself instead of forwarding.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,9 @@ pub enum GatewayError {
     /// The upstream could not be reached, failed, or was too slow.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// A token request failed its checks or a rate limit.
+    #[error(transparent)]
+    Signup(#[from] SignupError),
 }
 
 /// One JSON:API error object, as the Commerce API writes them.
@@ -25,6 +29,14 @@ struct ErrorObject<'a> {
     title: &'a str,
     code: &'a str,
     detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<ErrorSource<'a>>,
+}
+
+/// Where in the request the problem is (JSON:API `source`).
+#[derive(Debug, Serialize)]
+struct ErrorSource<'a> {
+    pointer: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -33,33 +45,65 @@ struct ErrorDocument<'a> {
 }
 
 impl GatewayError {
-    /// The status, machine-readable code and human detail of this error.
-    fn parts(&self) -> (StatusCode, &'static str, String) {
+    /// The status and machine-readable code of this error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            GatewayError::Upstream(err) => {
-                let status = match err {
-                    UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                (status, err.code(), err.to_string())
+            GatewayError::Upstream(err @ UpstreamError::Timeout(_)) => {
+                (StatusCode::GATEWAY_TIMEOUT, err.code())
             }
+            GatewayError::Upstream(err) => (StatusCode::BAD_GATEWAY, err.code()),
+            GatewayError::Signup(err) => match err {
+                SignupError::UnsupportedMediaType => {
+                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+                }
+                SignupError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+                SignupError::BodyRead => (StatusCode::BAD_REQUEST, "body_unreadable"),
+                SignupError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
+                SignupError::Token(code) => (StatusCode::UNAUTHORIZED, code),
+                SignupError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            },
         }
     }
 
-    /// The HTTP status this error is answered with.
-    pub fn status(&self) -> StatusCode {
-        self.parts().0
-    }
-
-    /// Writes the JSON:API answer for this error.
+    /// Writes the JSON:API answer for this error, with the headers its status calls for.
     pub fn into_response(self) -> Response<Body> {
-        let (status, code, detail) = self.parts();
-        json_api_error(status, code, detail)
+        let (status, code) = self.status_and_code();
+        let pointer = match &self {
+            GatewayError::Signup(SignupError::Invalid { pointer, .. }) => Some(pointer.as_str()),
+            _ => None,
+        };
+        let mut response = error_response(status, code, self.to_string(), pointer);
+        let headers = response.headers_mut();
+        match &self {
+            GatewayError::Signup(SignupError::RateLimited { retry_after, .. }) => {
+                // Whole seconds, rounded up: a client retrying on time must not be early.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            GatewayError::Signup(SignupError::Token(code)) => {
+                if let Ok(value) = HeaderValue::from_str(&format!(
+                    "Bearer realm=\"account-gate\", error=\"invalid_token\", error_description=\"{code}\""
+                )) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            _ => {}
+        }
+        response
     }
 }
 
 /// A JSON:API error answer with one error object.
 pub fn json_api_error(status: StatusCode, code: &str, detail: String) -> Response<Body> {
+    error_response(status, code, detail, None)
+}
+
+fn error_response(
+    status: StatusCode,
+    code: &str,
+    detail: String,
+    pointer: Option<&str>,
+) -> Response<Body> {
     let status_text = status.as_str().to_owned();
     let doc = ErrorDocument {
         errors: [ErrorObject {
@@ -67,6 +111,7 @@ pub fn json_api_error(status: StatusCode, code: &str, detail: String) -> Respons
             title: status.canonical_reason().unwrap_or("Error"),
             code,
             detail,
+            source: pointer.map(|pointer| ErrorSource { pointer }),
         }],
     };
     // Serialising a struct of strings cannot fail; fall back to a fixed body rather than panic.

@@ -6,6 +6,9 @@
 //! - [`server`]: binds the listeners, runs them, and shuts down gracefully.
 //! - [`proxy`]: the data plane — accept loop, per-request handler, forwarding client, headers.
 //! - [`answer`]: the one place where a refusal or failure becomes a JSON:API answer.
+//! - [`signup`]: checks token requests, rate-limits them, and learns the tokens issued.
+//! - [`store`]: the issued-token registry (fingerprints by member) and the revocation deny-list.
+//! - [`token`]: reading account tokens.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own listener.
 //! - [`metrics`]: every Prometheus metric, declared once.
 //! - [`logging`]: text or JSON log lines.
@@ -33,6 +36,8 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod signup;
 pub mod store;
+pub mod token;
 
 pub use server::{Server, StartError};

@@ -4,8 +4,11 @@
 //! prefix `account_gate_`, units in the name, label values from small fixed sets only.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+use crate::signup::{Limit, Mechanism, Outcome};
 
 /// Route classes: the only values the `route` label takes.
 pub const ROUTES: [&str; 3] = ["signup", "scoped", "passthrough"];
@@ -30,6 +33,14 @@ pub struct Metrics {
     pub upstream_duration_seconds: HistogramVec,
     /// `upstream_errors_total{kind}`: requests that got no usable answer from the upstream.
     pub upstream_errors_total: IntCounterVec,
+    /// `signups_total{mechanism,outcome}`: token requests by mechanism and what became of them.
+    pub signups_total: IntCounterVec,
+    /// `tokens_issued_total`: account tokens learnt from the upstream's answers.
+    pub tokens_issued_total: IntCounter,
+    /// `store_entries`: live records in the token store.
+    pub store_entries: IntGauge,
+    /// `rate_limited_total{limit}`: token requests refused by each rate limit.
+    pub rate_limited_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -73,6 +84,29 @@ impl Metrics {
             ),
             &["version"],
         )?;
+        let signups_total = IntCounterVec::new(
+            Opts::new(
+                "signups_total",
+                "Token requests (sign-up, login, switch) by mechanism and outcome.",
+            ),
+            &["mechanism", "outcome"],
+        )?;
+        let tokens_issued_total = IntCounter::new(
+            "tokens_issued_total",
+            "Account tokens issued by the upstream and recorded.",
+        )?;
+        let store_entries = IntGauge::new("store_entries", "Live records in the token store.")?;
+        let rate_limited_total = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Token requests refused by a rate limit, by limit.",
+            ),
+            &["limit"],
+        )?;
+        registry.register(Box::new(signups_total.clone()))?;
+        registry.register(Box::new(tokens_issued_total.clone()))?;
+        registry.register(Box::new(store_entries.clone()))?;
+        registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(request_duration_seconds.clone()))?;
         registry.register(Box::new(upstream_duration_seconds.clone()))?;
@@ -99,12 +133,25 @@ impl Metrics {
         for kind in UPSTREAM_ERROR_KINDS {
             upstream_errors_total.with_label_values(&[kind]);
         }
+        for outcome in Outcome::ALL {
+            signups_total.with_label_values(&["unknown", outcome.as_str()]);
+            for mechanism in Mechanism::ALL {
+                signups_total.with_label_values(&[mechanism.as_str(), outcome.as_str()]);
+            }
+        }
+        for limit in Limit::ALL {
+            rate_limited_total.with_label_values(&[limit.as_str()]);
+        }
         Ok(Metrics {
             registry,
             requests_total,
             request_duration_seconds,
             upstream_duration_seconds,
             upstream_errors_total,
+            signups_total,
+            tokens_issued_total,
+            store_entries,
+            rate_limited_total,
         })
     }
 

@@ -12,6 +12,8 @@ use crate::admin::{Admin, Health};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Gateway, ListenerSettings, Upstream, UpstreamSetupError};
+use crate::signup::{RateLimits, Signup, SignupPolicy, SignupSettings};
+use crate::store::{MemoryStore, MemoryStoreOptions, Store};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +49,17 @@ impl Server {
         let upstream = Upstream::new(&config.upstream)?;
         let listener = bind(config.server.listen).await?;
         let admin_listener = bind(config.server.admin_listen).await?;
-        let gateway = Arc::new(Gateway::new(upstream, metrics.clone()));
+        let store = Arc::new(Store::Memory(MemoryStore::new(
+            MemoryStoreOptions::with_max_entries(config.store.max_entries),
+        )));
+        let signup = Signup::new(signup_settings(&config), store, metrics.clone());
+        let gateway = Arc::new(Gateway::new(
+            upstream,
+            signup,
+            config.signup.path.clone(),
+            config.server.trusted_hops,
+            metrics.clone(),
+        ));
         let admin = Arc::new(Admin {
             metrics,
             health: Arc::new(Health::default()),
@@ -129,6 +141,31 @@ impl Server {
             tracing::error!(%error, "admin task failed");
         }
         tracing::info!("account-gate stopped");
+    }
+}
+
+/// The sign-up path's settings from the configuration.
+fn signup_settings(config: &Config) -> SignupSettings {
+    let (signup, limits) = (&config.signup, &config.rate_limit);
+    SignupSettings {
+        policy: SignupPolicy {
+            mechanisms: signup.mechanisms.clone(),
+            username_must_be_email: signup.username_must_be_email,
+            min_password_length: signup.min_password_length,
+        },
+        rate_limits: RateLimits {
+            window: limits.window,
+            signup_per_ip: limits.signup_per_ip,
+            signup_per_username: limits.signup_per_username,
+            login_per_ip: limits.login_per_ip,
+            login_per_username: limits.login_per_username,
+        },
+        max_body_bytes: config.server.max_body_bytes,
+        max_response_bytes: signup.max_response_bytes,
+        // The config loader has checked that the header name is valid.
+        token_header: http::HeaderName::from_bytes(config.tokens.header.as_bytes()).unwrap_or_else(
+            |_| http::HeaderName::from_static("ep-account-management-authentication-token"),
+        ),
     }
 }
 

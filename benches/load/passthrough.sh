@@ -65,9 +65,9 @@ idle_rss=$(rss $gate)
 
 run() { wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$1" | awk '/Requests\/sec/ {print $2} /^ +99%/ {print $2}' | paste -sd' '; }
 echo "workers=$WORKERS connections=$CONNS duration=${DURATION}s"
-read -r direct_rps direct_p99 <<<"$(run "http://127.0.0.1:$UP/")"
-read -r nginx_rps nginx_p99 <<<"$(run "http://127.0.0.1:$NGX/v2/carts")"
-read -r gate_rps gate_p99 <<<"$(run "http://127.0.0.1:$GW/v2/carts")"
+read -r direct_p99 direct_rps <<<"$(run "http://127.0.0.1:$UP/")"
+read -r nginx_p99 nginx_rps <<<"$(run "http://127.0.0.1:$NGX/v2/carts")"
+read -r gate_p99 gate_rps <<<"$(run "http://127.0.0.1:$GW/v2/carts")"
 loaded_rss=$(rss $gate)
 printf '%-28s %10s %8s\n' target req/s p99
 printf '%-28s %10s %8s\n' "upstream direct" "$direct_rps" "$direct_p99"

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AdminConfig, Config, LogConfig, LogFormat, SecretRef, ServerConfig, UpstreamConfig};
+use super::{
+    AdminConfig, Config, LogConfig, LogFormat, RateLimitConfig, SecretRef, ServerConfig,
+    SignupConfig, StoreConfig, TokensConfig, UpstreamConfig,
+};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -22,6 +25,10 @@ pub(super) struct FileConfig {
     pub upstream: UpstreamFile,
     pub log: LogFile,
     pub admin: AdminFile,
+    pub signup: SignupConfig,
+    pub rate_limit: RateLimitConfig,
+    pub store: StoreConfig,
+    pub tokens: TokensConfig,
 }
 
 /// `[server]`; see [`ServerConfig`] for what each key does.
@@ -42,6 +49,7 @@ pub(super) struct ServerFile {
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
     pub worker_threads: usize,
+    pub trusted_hops: usize,
 }
 
 impl Default for ServerFile {
@@ -56,6 +64,7 @@ impl Default for ServerFile {
             shutdown_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             worker_threads: 0,
+            trusted_hops: 0,
         }
     }
 }
@@ -127,6 +136,10 @@ impl FileConfig {
             upstream: u,
             log,
             admin: _,
+            signup,
+            rate_limit,
+            store,
+            tokens,
         } = self;
         Config {
             server: ServerConfig {
@@ -139,6 +152,7 @@ impl FileConfig {
                 shutdown_delay: s.shutdown_delay,
                 shutdown_grace: s.shutdown_grace,
                 worker_threads: s.worker_threads,
+                trusted_hops: s.trusted_hops,
             },
             upstream: UpstreamConfig {
                 url,
@@ -153,6 +167,10 @@ impl FileConfig {
                 format: log.format,
             },
             admin,
+            signup,
+            rate_limit,
+            store,
+            tokens,
         }
     }
 }
@@ -174,6 +192,7 @@ impl From<&Config> for FileConfig {
                 shutdown_delay: s.shutdown_delay,
                 shutdown_grace: s.shutdown_grace,
                 worker_threads: s.worker_threads,
+                trusted_hops: s.trusted_hops,
             },
             upstream: UpstreamFile {
                 url: Some(u.url.to_string()),
@@ -198,21 +217,30 @@ impl From<&Config> for FileConfig {
                     token_file: Some(lossy(path)),
                 },
             },
+            signup: c.signup.clone(),
+            rate_limit: c.rate_limit.clone(),
+            store: c.store.clone(),
+            tokens: c.tokens.clone(),
         }
     }
 }
 
 /// Durations as humantime strings (`"30s"`, `"250ms"`), with an error that quotes the value.
-mod duration {
+pub(super) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(in crate::config) fn serialize<S: Serializer>(
+        d: &Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
             serde::de::Error::custom(format_args!(

@@ -43,6 +43,7 @@ mod file;
 mod render;
 mod schema;
 mod secret;
+mod sections;
 mod validate;
 
 use std::ffi::OsString;
@@ -56,6 +57,7 @@ pub use env::ENV_PREFIX;
 pub use error::{ConfigError, ConfigErrors};
 pub use schema::schema_keys;
 pub use secret::{Secret, SecretError, SecretRef};
+pub use sections::{RateLimitConfig, SignupConfig, StoreBackend, StoreConfig, TokensConfig};
 
 /// The whole, validated configuration of one gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +70,10 @@ pub struct Config {
     pub log: LogConfig,
     /// `[admin]`: the admin API's credentials.
     pub admin: AdminConfig,
+    pub signup: SignupConfig,
+    pub rate_limit: RateLimitConfig,
+    pub store: StoreConfig,
+    pub tokens: TokensConfig,
 }
 
 /// The downstream listeners and what they accept.
@@ -95,6 +101,10 @@ pub struct ServerConfig {
     /// Runtime worker threads: 0 means one per CPU core, 1 a single-threaded runtime (the
     /// leanest for a sidecar). Default 0.
     pub worker_threads: usize,
+    /// Proxies in front of the gateway that append to `X-Forwarded-For`: the client IP used for
+    /// rate limits is the address that many entries from the right of that header; 0 uses the
+    /// connection's peer. Default 0.
+    pub trusted_hops: usize,
 }
 
 /// The Commerce API (or the emulator) that requests are forwarded to.

@@ -11,6 +11,7 @@ use toml::{Table, Value};
 
 use super::error::Report;
 use super::file::{AdminFile, LogFile, ServerFile, UpstreamFile};
+use super::{RateLimitConfig, SignupConfig, StoreConfig, TokensConfig};
 
 /// One `[section]` of the file.
 pub(super) struct Section {
@@ -43,6 +44,10 @@ pub(super) const SECTIONS: &[Section] = &[
     Section::of::<UpstreamFile>("upstream"),
     Section::of::<LogFile>("log"),
     Section::of::<AdminFile>("admin"),
+    Section::of::<SignupConfig>("signup"),
+    Section::of::<RateLimitConfig>("rate_limit"),
+    Section::of::<StoreConfig>("store"),
+    Section::of::<TokensConfig>("tokens"),
 ];
 
 /// The section called `name`.
@@ -186,7 +191,7 @@ mod tests {
             field_names::<AdminFile>(),
             ["token_env", "token_file"].as_slice()
         );
-        assert_eq!(field_names::<ServerFile>().len(), 9);
+        assert_eq!(field_names::<ServerFile>().len(), 10);
     }
 
     #[test]

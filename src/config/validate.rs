@@ -102,6 +102,8 @@ pub(super) fn validate(
         );
     }
 
+    validate_token_path(&file, report);
+
     let admin = admin_config(&file, report);
     if let Some(token) = &admin.token {
         // The admin API is optional until it is used; `run` refuses to start it without a token.
@@ -111,6 +113,40 @@ pub(super) fn validate(
     }
 
     Some(file.into_config(url?, admin))
+}
+
+/// `[signup]`, `[rate_limit]`, `[store]` and `[tokens]`.
+fn validate_token_path(file: &FileConfig, report: &mut Report) {
+    let signup = &file.signup;
+    if !signup.path.starts_with('/') || signup.path.contains(['?', '#', ' ']) {
+        report.invalid(
+            "signup.path",
+            format!("must be a path starting with '/', got {:?}", signup.path),
+        );
+    }
+    if signup.mechanisms.is_empty() {
+        report.invalid("signup.mechanisms", "must name at least one mechanism");
+    }
+    if signup.max_response_bytes < 1024 {
+        report.invalid(
+            "signup.max_response_bytes",
+            format!("must be at least 1024, got {}", signup.max_response_bytes),
+        );
+    }
+    // pingora-limits' estimator assumes windows of a second or more.
+    let window = file.rate_limit.window;
+    if window < Duration::from_secs(1) || window > MAX_DURATION {
+        report.invalid("rate_limit.window", "must be between 1s and 24h");
+    }
+    if file.store.max_entries == 0 {
+        report.invalid("store.max_entries", "must be at least 1");
+    }
+    if http::HeaderName::from_bytes(file.tokens.header.as_bytes()).is_err() {
+        report.invalid(
+            "tokens.header",
+            format!("{:?} is not a valid header name", file.tokens.header),
+        );
+    }
 }
 
 /// The admin token reference, checking that at most one of `token_env`/`token_file` is set.

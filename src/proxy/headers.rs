@@ -59,6 +59,28 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
+/// The client's address: the connection's peer, or with `trusted_hops` proxies in front (each
+/// appending the address it saw to `X-Forwarded-For`), the entry that many places from the right.
+/// Entries further left were written by the client itself and prove nothing.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_hops: usize) -> IpAddr {
+    if trusted_hops == 0 {
+        return peer;
+    }
+    let entries: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    entries
+        .len()
+        .checked_sub(trusted_hops)
+        .and_then(|i| entries.get(i))
+        .and_then(|entry| entry.parse().ok())
+        .unwrap_or(peer)
+}
+
 /// Sets `X-Forwarded-For` (appending the peer to what earlier proxies wrote), and
 /// `X-Forwarded-Proto` / `-Host` for the hop the client made to us.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<HeaderValue>) {
@@ -110,6 +132,20 @@ mod tests {
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
         assert_eq!(request_id(&h).len(), 36);
         assert_eq!(request_id(&HeaderMap::new()).len(), 36);
+    }
+
+    #[test]
+    fn client_ip_counts_trusted_hops_from_the_right() {
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 198.51.100.7"),
+        );
+        assert_eq!(client_ip(peer, &h, 0), peer);
+        assert_eq!(client_ip(peer, &h, 1).to_string(), "198.51.100.7");
+        assert_eq!(client_ip(peer, &h, 2).to_string(), "6.6.6.6");
+        assert_eq!(client_ip(peer, &h, 3), peer, "fewer entries than hops");
     }
 
     #[test]

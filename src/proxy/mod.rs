@@ -1,7 +1,9 @@
 //! The data plane: the listener, the per-request handler and the forwarding client.
 //!
-//! A request enters [`Gateway::handle`], is classified into a route class, and (for now every
-//! class) forwarded to the upstream with its headers rewritten; the answer streams back.
+//! A request enters [`Gateway::handle`] and is classified into a route class. A token request
+//! (`POST` on the sign-up path) is read and checked by [`Signup`] first and its `201` answer teed
+//! so the issued tokens are learnt; everything else is forwarded as it is. Either way the headers
+//! are rewritten on the way out and the answer streams back.
 
 mod headers;
 mod listener;
@@ -13,12 +15,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response};
+use http::request::Parts;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::answer::GatewayError;
 use crate::metrics::{code_class, Metrics};
+use crate::signup::{Outcome, Signup, SignupError, TeeBody};
 
 pub use headers::{strip_hop_by_hop, X_REQUEST_ID};
 pub use listener::{serve, ListenerSettings};
@@ -43,9 +47,6 @@ fn streamed(body: Incoming) -> Body {
     body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
 }
 
-/// The token endpoint (DESIGN.md): its requests are the "signup" route class.
-const SIGNUP_PATH: &str = "/v2/account-members/tokens";
-
 /// Which kind of request this is; the `route` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteClass {
@@ -56,15 +57,6 @@ pub enum RouteClass {
 }
 
 impl RouteClass {
-    /// Classifies a request by method and path.
-    pub fn of(method: &Method, path: &str) -> Self {
-        if *method == Method::POST && path == SIGNUP_PATH {
-            RouteClass::Signup
-        } else {
-            RouteClass::Passthrough
-        }
-    }
-
     /// The metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -77,13 +69,40 @@ impl RouteClass {
 /// State shared by every connection of the data plane.
 pub struct Gateway {
     upstream: Upstream,
+    signup: Signup,
+    /// `signup.path`: `POST` here is a token request.
+    signup_path: String,
+    /// `server.trusted_hops`, for the client IP of rate limits.
+    trusted_hops: usize,
     metrics: Arc<Metrics>,
 }
 
 impl Gateway {
-    /// A gateway forwarding to `upstream` and counting into `metrics`.
-    pub fn new(upstream: Upstream, metrics: Arc<Metrics>) -> Self {
-        Gateway { upstream, metrics }
+    /// A gateway forwarding to `upstream`, checking token requests on `signup_path` with
+    /// `signup`, and counting into `metrics`.
+    pub fn new(
+        upstream: Upstream,
+        signup: Signup,
+        signup_path: String,
+        trusted_hops: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Gateway {
+            upstream,
+            signup,
+            signup_path,
+            trusted_hops,
+            metrics,
+        }
+    }
+
+    /// Classifies a request by method and path.
+    fn route_of<B>(&self, request: &Request<B>) -> RouteClass {
+        if request.method() == Method::POST && request.uri().path() == self.signup_path {
+            RouteClass::Signup
+        } else {
+            RouteClass::Passthrough
+        }
     }
 
     /// Answers one request from `peer`. Never fails: every problem becomes an HTTP answer.
@@ -94,10 +113,19 @@ impl Gateway {
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let request_id = headers::request_id(request.headers());
-        let route = RouteClass::of(request.method(), request.uri().path());
+        let route = self.route_of(&request);
         let method = request.method().clone();
 
-        let mut response = match self.forward(request, peer, &request_id, route).await {
+        let answer = match route {
+            RouteClass::Signup => self.token_request(request, peer, &request_id).await,
+            RouteClass::Passthrough => {
+                let (parts, body) = request.into_parts();
+                self.forward(parts, streamed(body), peer, &request_id, route)
+                    .await
+                    .map(|response| response.map(streamed))
+            }
+        };
+        let mut response = match answer {
             Ok(response) => response,
             Err(error) => {
                 self.count_error(&error);
@@ -131,15 +159,72 @@ impl Gateway {
         Ok(response)
     }
 
-    /// Sends the request upstream with its headers rewritten and returns the streaming answer.
-    async fn forward(
+    /// Checks a token request, forwards it, and tees a `201` answer to learn its tokens.
+    async fn token_request(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
         request_id: &HeaderValue,
-        route: RouteClass,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
+        let client = headers::client_ip(peer.ip(), &parts.headers, self.trusted_hops);
+        let (bytes, checked) = match self.signup.admit(&parts.headers, body, client).await {
+            Ok(admitted) => admitted,
+            Err((mechanism, error)) => {
+                let outcome = match &error {
+                    SignupError::RateLimited { limit, .. } => {
+                        self.signup.count_rate_limited(*limit);
+                        Outcome::RateLimited
+                    }
+                    _ => Outcome::Rejected,
+                };
+                self.signup.count(mechanism, outcome);
+                return Err(error.into());
+            }
+        };
+        let mechanism = Some(checked.mechanism);
+        // The answer must arrive in a form the gateway can read to learn the tokens; token
+        // answers are a few KiB, so asking for them uncompressed costs nothing.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+        let response = self
+            .forward(
+                parts,
+                full_body(bytes),
+                peer,
+                request_id,
+                RouteClass::Signup,
+            )
+            .await
+            .inspect_err(|_| self.signup.count(mechanism, Outcome::UpstreamError))?;
+        let status = response.status();
+        if status == StatusCode::CREATED {
+            let cap = self.signup.max_response_bytes();
+            let learner = self.signup.learner(checked.mechanism);
+            return Ok(response.map(|body| {
+                TeeBody::new(body, cap, learner)
+                    .map_err(|e| -> BoxError { Box::new(e) })
+                    .boxed_unsync()
+            }));
+        }
+        let outcome = if status.is_server_error() {
+            Outcome::UpstreamError
+        } else {
+            Outcome::Refused
+        };
+        self.signup.count(mechanism, outcome);
+        Ok(response.map(streamed))
+    }
+
+    /// Sends a request upstream with its headers rewritten and returns the answer, whose body is
+    /// still streaming.
+    async fn forward(
+        &self,
+        mut parts: Parts,
+        body: Body,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+        route: RouteClass,
+    ) -> Result<Response<Incoming>, GatewayError> {
         // HTTP/2 clients send `:authority` instead of `Host`.
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
@@ -152,7 +237,7 @@ impl Gateway {
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        let mut outbound = Request::from_parts(parts, streamed(body));
+        let mut outbound = Request::from_parts(parts, body);
         self.upstream.retarget(&mut outbound);
 
         let sent = Instant::now();
@@ -161,13 +246,14 @@ impl Gateway {
             .upstream_duration_seconds
             .with_label_values(&[route.as_str()])
             .observe(sent.elapsed().as_secs_f64());
-        let (mut parts, body) = answer?.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, streamed(body)))
+        let mut response = answer?;
+        headers::strip_hop_by_hop(response.headers_mut());
+        Ok(response)
     }
 
     fn count_error(&self, error: &GatewayError) {
         match error {
+            GatewayError::Signup(_) => {}
             GatewayError::Upstream(e) => {
                 let kind = match e {
                     UpstreamError::Connect(_) => "connect",

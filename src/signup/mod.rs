@@ -1,0 +1,378 @@
+//! The token endpoint (`POST /v2/account-members/tokens`): check a request before it may cost
+//! the upstream anything, rate-limit it, forward it, and learn every token the upstream issues.
+//!
+//! [`Signup::admit`] reads and checks the request; the gateway forwards what it admits, and wraps
+//! a `201` answer in a [`TeeBody`] whose copy [`Learner`] parses into store records.
+
+mod learn;
+mod ratelimit;
+mod request;
+mod tee;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::metrics::Metrics;
+use crate::store::{Store, TokenStore};
+use crate::token::claims;
+
+pub use learn::{records, LearnError};
+pub use ratelimit::{Limit, RateLimiter, RateLimits};
+pub use request::{check_body, is_json_media_type, looks_like_email, CheckedRequest};
+pub use tee::{Incomplete, TeeBody, TeeSink};
+
+/// The five ways to ask for an account token (DESIGN.md, "The seed contract").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mechanism {
+    SelfSignup,
+    Password,
+    Passwordless,
+    Oidc,
+    /// Switch account: the current token is in the token header.
+    #[serde(rename = "account_management_authentication_token")]
+    SwitchAccount,
+}
+
+impl Mechanism {
+    /// Every mechanism.
+    pub const ALL: [Mechanism; 5] = [
+        Mechanism::SelfSignup,
+        Mechanism::Password,
+        Mechanism::Passwordless,
+        Mechanism::Oidc,
+        Mechanism::SwitchAccount,
+    ];
+
+    /// The mechanism named by `authentication_mechanism`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Mechanism::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
+    /// The `authentication_mechanism` value, also the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::SelfSignup => "self_signup",
+            Mechanism::Password => "password",
+            Mechanism::Passwordless => "passwordless",
+            Mechanism::Oidc => "oidc",
+            Mechanism::SwitchAccount => "account_management_authentication_token",
+        }
+    }
+
+    /// Fields that must be present as non-empty strings, besides `type`.
+    pub fn required_fields(self) -> &'static [&'static str] {
+        match self {
+            Mechanism::SelfSignup => &[
+                "password_profile_id",
+                "username",
+                "password",
+                "name",
+                "email",
+            ],
+            Mechanism::Password => &["password_profile_id", "username", "password"],
+            Mechanism::Passwordless => {
+                &["password_profile_id", "username", "one_time_password_token"]
+            }
+            Mechanism::Oidc => &[
+                "oauth_authorization_code",
+                "oauth_redirect_uri",
+                "oauth_code_verifier",
+            ],
+            Mechanism::SwitchAccount => &[],
+        }
+    }
+
+    /// Fields that, when present, must be strings.
+    pub fn optional_fields(self) -> &'static [&'static str] {
+        match self {
+            Mechanism::SelfSignup => &["given_name", "middle_name", "family_name"],
+            _ => &[],
+        }
+    }
+
+    /// Whether this creates a member (sign-up) rather than logging one in, for rate limits.
+    pub fn is_signup(self) -> bool {
+        self == Mechanism::SelfSignup
+    }
+}
+
+/// What a token request must satisfy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignupPolicy {
+    /// Mechanisms accepted; the others are answered 400 `mechanism_disabled`.
+    pub mechanisms: Vec<Mechanism>,
+    /// Whether `username` must look like an e-mail address (as the password profile may require).
+    pub username_must_be_email: bool,
+    /// Minimum `password` length for `self_signup`, in characters; 0 turns the check off.
+    pub min_password_length: usize,
+}
+
+impl Default for SignupPolicy {
+    fn default() -> Self {
+        SignupPolicy {
+            mechanisms: Mechanism::ALL.to_vec(),
+            username_must_be_email: false,
+            min_password_length: 0,
+        }
+    }
+}
+
+/// Why a token request was refused before it reached the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum SignupError {
+    /// Not JSON.
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    /// Over `server.max_body_bytes`.
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The client stopped sending, or sent a broken body.
+    #[error("the request body could not be read")]
+    BodyRead,
+    /// The body is not a valid token request.
+    #[error("{detail}")]
+    Invalid {
+        code: &'static str,
+        pointer: String,
+        detail: String,
+    },
+    /// The switch-account mechanism needs the current token in the token header.
+    #[error("{0}")]
+    Token(&'static str),
+    /// Over a rate limit.
+    #[error("too many token requests; retry in {} s", retry_after.as_secs().max(1))]
+    RateLimited { limit: Limit, retry_after: Duration },
+}
+
+impl SignupError {
+    fn invalid(code: &'static str, pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        SignupError::Invalid {
+            code,
+            pointer: pointer.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Outcome labels of `signups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Refused by the checks (400/401/413/415).
+    Rejected,
+    /// Refused by a rate limit (429).
+    RateLimited,
+    /// `201` and every issued token recorded.
+    Issued,
+    /// `201` the gateway could not learn from (shape, size, cut off).
+    Unrecorded,
+    /// The upstream said no (wrong password, duplicate user, ...).
+    Refused,
+    /// The upstream failed (502/504 by the gateway, or a 5xx).
+    UpstreamError,
+}
+
+impl Outcome {
+    /// Every outcome, for pre-initialising metric labels.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Rejected,
+        Outcome::RateLimited,
+        Outcome::Issued,
+        Outcome::Unrecorded,
+        Outcome::Refused,
+        Outcome::UpstreamError,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Rejected => "rejected",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Issued => "issued",
+            Outcome::Unrecorded => "unrecorded",
+            Outcome::Refused => "refused",
+            Outcome::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// The sign-up path's settings and shared state.
+pub struct Signup {
+    policy: SignupPolicy,
+    limiter: RateLimiter,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    /// Largest request body read.
+    max_body_bytes: usize,
+    /// Largest `201` body copied for learning.
+    max_response_bytes: usize,
+    /// The header that carries account tokens.
+    token_header: http::HeaderName,
+}
+
+/// Settings of [`Signup`], from the configuration.
+pub struct SignupSettings {
+    pub policy: SignupPolicy,
+    pub rate_limits: RateLimits,
+    pub max_body_bytes: usize,
+    pub max_response_bytes: usize,
+    pub token_header: http::HeaderName,
+}
+
+impl Signup {
+    /// The sign-up path recording into `store`.
+    pub fn new(settings: SignupSettings, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+        Signup {
+            policy: settings.policy,
+            limiter: RateLimiter::new(settings.rate_limits),
+            store,
+            metrics,
+            max_body_bytes: settings.max_body_bytes,
+            max_response_bytes: settings.max_response_bytes,
+            token_header: settings.token_header,
+        }
+    }
+
+    /// Reads and checks a token request from `client`. On success, the body to forward
+    /// (unchanged) and what was learnt of it.
+    pub async fn admit(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        client: IpAddr,
+    ) -> Result<(Bytes, CheckedRequest), (Option<Mechanism>, SignupError)> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if !is_json_media_type(content_type) {
+            return Err((None, SignupError::UnsupportedMediaType));
+        }
+        let too_large = SignupError::TooLarge {
+            limit: self.max_body_bytes,
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
+            return Err((None, too_large));
+        }
+        let bytes = match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                return Err((None, too_large))
+            }
+            Err(_) => return Err((None, SignupError::BodyRead)),
+        };
+        let checked = check_body(&bytes, &self.policy).map_err(|e| (None, e))?;
+        let mechanism = Some(checked.mechanism);
+        if checked.mechanism == Mechanism::SwitchAccount {
+            self.check_current_token(headers)
+                .map_err(|e| (mechanism, e))?;
+        }
+        self.limiter
+            .check(
+                checked.mechanism.is_signup(),
+                client,
+                checked.username.as_deref(),
+            )
+            .map_err(|(limit, retry_after)| {
+                (mechanism, SignupError::RateLimited { limit, retry_after })
+            })?;
+        Ok((bytes, checked))
+    }
+
+    /// Until account tokens are validated (issue 4): present, single and well-formed.
+    fn check_current_token(&self, headers: &HeaderMap) -> Result<(), SignupError> {
+        let mut values = headers.get_all(&self.token_header).iter();
+        let token = match (values.next(), values.next()) {
+            (None, _) => return Err(SignupError::Token("token_missing")),
+            (Some(_), Some(_)) => return Err(SignupError::Token("token_malformed")),
+            (Some(value), None) => value
+                .to_str()
+                .map_err(|_| SignupError::Token("token_malformed"))?,
+        };
+        claims::peek(token.trim()).map_err(|_| SignupError::Token("token_malformed"))?;
+        Ok(())
+    }
+
+    /// The sink that records the tokens of a `201` answer to a `mechanism` request.
+    pub fn learner(&self, mechanism: Mechanism) -> Box<dyn TeeSink> {
+        Box::new(Learner {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            mechanism,
+        })
+    }
+
+    /// The cap on the copy of a `201` body.
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_bytes
+    }
+
+    /// Counts one token request's outcome.
+    pub fn count(&self, mechanism: Option<Mechanism>, outcome: Outcome) {
+        count(&self.metrics, mechanism, outcome);
+    }
+
+    /// Counts a request refused by a rate limit.
+    pub fn count_rate_limited(&self, limit: Limit) {
+        self.metrics
+            .rate_limited_total
+            .with_label_values(&[limit.as_str()])
+            .inc();
+    }
+}
+
+fn count(metrics: &Metrics, mechanism: Option<Mechanism>, outcome: Outcome) {
+    let mechanism = mechanism.map_or("unknown", Mechanism::as_str);
+    metrics
+        .signups_total
+        .with_label_values(&[mechanism, outcome.as_str()])
+        .inc();
+}
+
+/// Records the tokens of one `201` answer.
+struct Learner {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    mechanism: Mechanism,
+}
+
+impl TeeSink for Learner {
+    fn complete(self: Box<Self>, body: Bytes) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let records = match records(&body) {
+                Ok(records) => records,
+                Err(error) => {
+                    tracing::warn!(%error, mechanism = self.mechanism.as_str(), "201 not learnt");
+                    count(&self.metrics, Some(self.mechanism), Outcome::Unrecorded);
+                    return;
+                }
+            };
+            let mut recorded = 0u64;
+            for record in records {
+                match self.store.record(record).await {
+                    Ok(()) => recorded += 1,
+                    Err(error) => tracing::warn!(%error, "recording an issued token failed"),
+                }
+            }
+            self.metrics.tokens_issued_total.inc_by(recorded);
+            self.metrics.store_entries.set(self.store.count() as i64);
+            count(&self.metrics, Some(self.mechanism), Outcome::Issued);
+        })
+    }
+
+    fn incomplete(self: Box<Self>, why: Incomplete) {
+        tracing::warn!(?why, mechanism = self.mechanism.as_str(), "201 not learnt");
+        count(&self.metrics, Some(self.mechanism), Outcome::Unrecorded);
+    }
+}
