@@ -17,7 +17,23 @@ use super::Fingerprint;
 /// Lock stripes; a power of two well above the core count keeps contention negligible.
 const SHARDS: usize = 64;
 
-type Members = HashMap<String, HashMap<Fingerprint, u64>>;
+type Members = HashMap<String, Fingerprints>;
+
+/// One member's fingerprints → generations. Most members hold one token at a time (one account,
+/// one session), so that case is kept inline: a map would cost ~200 bytes per member.
+enum Fingerprints {
+    One(Fingerprint, u64),
+    Many(HashMap<Fingerprint, u64>),
+}
+
+impl Fingerprints {
+    fn generation(&self, fp: &Fingerprint) -> Option<u64> {
+        match self {
+            Fingerprints::One(f, g) => (f == fp).then_some(*g),
+            Fingerprints::Many(map) => map.get(fp).copied(),
+        }
+    }
+}
 
 /// Member id → {fingerprint → generation}, striped over [`SHARDS`] mutexes by member id.
 pub(crate) struct MemberIndex {
@@ -47,12 +63,17 @@ impl MemberIndex {
     /// Notes that `fp` now belongs to `member_id`, written by generation `generation`.
     pub(crate) fn insert(&self, member_id: &str, fp: Fingerprint, generation: u64) {
         let mut shard = self.shard(member_id);
-        match shard.get_mut(member_id) {
-            Some(fps) => {
-                fps.insert(fp, generation);
+        let Some(fps) = shard.get_mut(member_id) else {
+            shard.insert(member_id.to_owned(), Fingerprints::One(fp, generation));
+            return;
+        };
+        match fps {
+            Fingerprints::One(f, g) if *f == fp => *g = generation,
+            Fingerprints::One(f, g) => {
+                *fps = Fingerprints::Many(HashMap::from([(*f, *g), (fp, generation)]));
             }
-            None => {
-                shard.insert(member_id.to_owned(), HashMap::from([(fp, generation)]));
+            Fingerprints::Many(map) => {
+                map.insert(fp, generation);
             }
         }
     }
@@ -64,15 +85,21 @@ impl MemberIndex {
         let Some(fps) = shard.get_mut(member_id) else {
             return;
         };
-        if fps.get(fp) != Some(&generation) {
+        if fps.generation(fp) != Some(generation) {
             return;
         }
-        fps.remove(fp);
-        if fps.is_empty() {
+        let Fingerprints::Many(map) = fps else {
             shard.remove(member_id);
-        } else if fps.capacity() > 8 && fps.len() < fps.capacity() / 4 {
+            return;
+        };
+        map.remove(fp);
+        if map.len() == 1 {
+            if let Some((f, g)) = map.iter().next().map(|(f, g)| (*f, *g)) {
+                *fps = Fingerprints::One(f, g);
+            }
+        } else if map.capacity() > 8 && map.len() < map.capacity() / 4 {
             // A member that once held many tokens should not keep their slots forever.
-            fps.shrink_to_fit();
+            map.shrink_to_fit();
         }
     }
 
@@ -81,7 +108,10 @@ impl MemberIndex {
     pub(crate) fn fingerprints(&self, member_id: &str) -> Vec<Fingerprint> {
         self.shard(member_id)
             .get(member_id)
-            .map(|fps| fps.keys().copied().collect())
+            .map(|fps| match fps {
+                Fingerprints::One(f, _) => vec![*f],
+                Fingerprints::Many(map) => map.keys().copied().collect(),
+            })
             .unwrap_or_default()
     }
 
@@ -91,7 +121,13 @@ impl MemberIndex {
         self.shards.iter().fold((0, 0), |(fps, members), shard| {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             (
-                fps + shard.values().map(HashMap::len).sum::<usize>(),
+                fps + shard
+                    .values()
+                    .map(|f| match f {
+                        Fingerprints::One(..) => 1,
+                        Fingerprints::Many(map) => map.len(),
+                    })
+                    .sum::<usize>(),
                 members + shard.len(),
             )
         })
@@ -112,6 +148,24 @@ mod tests {
         assert_eq!(index.fingerprints("m"), vec![fp]);
         index.remove_if("m", &fp, 2);
         assert!(index.fingerprints("m").is_empty());
+        assert_eq!(index.len(), (0, 0));
+    }
+
+    #[test]
+    fn a_member_grows_from_one_to_many_and_back() {
+        let index = MemberIndex::new();
+        let fps: Vec<_> = (0..5).map(|i| Fingerprint::of(&i.to_string())).collect();
+        for (g, fp) in fps.iter().enumerate() {
+            index.insert("m", *fp, g as u64);
+        }
+        assert_eq!(index.len(), (5, 1));
+        for (g, fp) in fps.iter().enumerate().skip(1) {
+            index.remove_if("m", fp, g as u64);
+        }
+        assert_eq!(index.fingerprints("m"), vec![fps[0]]);
+        index.remove_if("m", &fps[0], 1); // stale
+        assert_eq!(index.len(), (1, 1));
+        index.remove_if("m", &fps[0], 0);
         assert_eq!(index.len(), (0, 0));
     }
 }
