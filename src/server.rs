@@ -40,6 +40,7 @@ pub struct Server {
     admin_listener: TcpListener,
     gateway: Arc<Gateway>,
     admin: Arc<Admin>,
+    store: Arc<Store>,
 }
 
 impl Server {
@@ -52,7 +53,7 @@ impl Server {
         let store = Arc::new(Store::Memory(MemoryStore::new(
             MemoryStoreOptions::with_max_entries(config.store.max_entries),
         )));
-        let signup = Signup::new(signup_settings(&config), store, metrics.clone());
+        let signup = Signup::new(signup_settings(&config), store.clone(), metrics.clone());
         let gateway = Arc::new(Gateway::new(
             upstream,
             signup,
@@ -70,7 +71,13 @@ impl Server {
             admin_listener,
             gateway,
             admin,
+            store,
         })
+    }
+
+    /// The token store the gateway records into (for tests and embedding).
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
     }
 
     /// The data-plane address actually bound (useful with port 0).

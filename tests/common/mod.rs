@@ -1,12 +1,17 @@
 //! Shared test fixtures: a gateway builder on ephemeral ports, test upstreams, and clients.
 #![allow(dead_code)] // each test binary uses a different part of the fixtures
 
+pub mod commerce;
+pub mod raw;
 pub mod upstream;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use account_gate::config::Config;
+use account_gate::store::Store;
 use account_gate::Server;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -26,6 +31,8 @@ pub struct TestGateway {
 pub struct RunningGateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The gateway's token store, to see what it learnt.
+    pub store: Arc<Store>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -52,6 +59,7 @@ impl TestGateway {
         let server = Server::bind(self.config).await.expect("gateway binds");
         let addr = server.local_addr();
         let admin_addr = server.admin_addr();
+        let store = server.store();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
@@ -59,6 +67,7 @@ impl TestGateway {
         let gateway = RunningGateway {
             addr,
             admin_addr,
+            store,
             stop: Some(stop),
             task,
         };
@@ -79,6 +88,12 @@ impl RunningGateway {
     /// `http://ADMIN_ADDR` of the admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin_addr, path)
+    }
+
+    /// The Prometheus text of the admin listener.
+    pub async fn metrics(&self) -> String {
+        let (_, body) = get(&self.admin_url("/metrics")).await;
+        String::from_utf8_lossy(&body).into_owned()
     }
 
     /// Sends the shutdown signal without waiting.
