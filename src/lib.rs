@@ -35,6 +35,7 @@ pub mod emulator;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod scope;
 pub mod server;
 pub mod signup;
 pub mod store;

@@ -304,7 +304,7 @@ token_env = "ADMIN_TOKEN"
     );
     assert!(rendered.contains("# token_file is not set"), "{rendered}");
     for key in schema_keys() {
-        let (_, key) = key.split_once('.').unwrap();
+        let (_, key) = key.rsplit_once('.').unwrap();
         assert!(rendered.contains(key), "{key} missing from\n{rendered}");
     }
     assert_eq!(ok(&rendered, &env).config, config, "{rendered}");
@@ -362,10 +362,15 @@ fn shipped_config_mentions_every_key() {
     let mut section = String::new();
     let mut mentioned = Vec::new();
     for line in text.lines() {
-        let line = line.trim();
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.to_owned();
-        } else if let Some((key, _)) = line.trim_start_matches(['#', ' ']).split_once(" = ") {
+        // Commented-out examples count: optional keys are shown that way.
+        let line = line.trim().trim_start_matches(['#', ' ']);
+        if let Some(name) = line
+            .trim_start_matches('[')
+            .strip_suffix(']')
+            .filter(|_| line.starts_with('['))
+        {
+            section = name.trim_end_matches(']').to_owned();
+        } else if let Some((key, _)) = line.split_once(" = ") {
             if !section.is_empty() {
                 mentioned.push(format!("{section}.{key}"));
             }
@@ -377,4 +382,71 @@ fn shipped_config_mentions_every_key() {
             "account-gate.toml does not mention {key}"
         );
     }
+}
+
+#[test]
+fn nested_tables_and_route_arrays_report_every_problem() {
+    let text = r#"
+[upstream]
+url = "http://127.0.0.1:1234"
+
+[tokens]
+mode = "signature"
+
+[tokens.signature]
+algorithms = ["HS256", "none"]
+jwks_url = "ftp://keys"
+bogus = 1
+
+[[routes]]
+path = "/v2/{nope}"
+token = "off"
+
+[[routes]]
+path = "/v2/accounts/{account_id}/public"
+token = "sometimes"
+"#;
+    let errors = errors(text, &[]).to_string();
+    for expected in [
+        "tokens.signature.algorithms",
+        "tokens.signature.jwks_url",
+        "tokens.signature.bogus: unknown key",
+        "routes[0].path",
+        "routes[1].token",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "{expected} missing from:\n{errors}"
+        );
+    }
+}
+
+#[test]
+fn nested_keys_take_environment_overrides_and_routes_round_trip() {
+    let text = r#"
+[upstream]
+url = "http://127.0.0.1:1234"
+
+[[routes]]
+path = "/v2/accounts/{account_id}/public"
+token = "off"
+"#;
+    let env = [
+        (
+            "ACCOUNT_GATE__TOKENS__SIGNATURE__JWKS_URL",
+            "http://127.0.0.1:9/jwks",
+        ),
+        ("ACCOUNT_GATE__TOKENS__MODE", "either"),
+    ];
+    let config = ok(text, &env).config;
+    assert_eq!(
+        config.tokens.signature.jwks_url.as_deref(),
+        Some("http://127.0.0.1:9/jwks")
+    );
+    assert_eq!(config.routes.len(), 1);
+    let rendered = config.to_redacted_toml();
+    assert!(rendered.contains("[tokens.signature]") && rendered.contains("[[routes]]"));
+    assert_eq!(ok(&rendered, &[]).config, config, "{rendered}");
+    let unknown = errors(text, &[("ACCOUNT_GATE__TOKENS__SIGNATURE__NOPE", "1")]).to_string();
+    assert!(unknown.contains("tokens.signature.nope"), "{unknown}");
 }

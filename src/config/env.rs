@@ -31,36 +31,67 @@ pub(super) fn apply_overrides(tree: &mut Table, env: &[(&str, &str)], report: &m
 
     for (var, path, raw) in overrides {
         let segments: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-        let [section_name, key] = segments.as_slice() else {
+        let Some((key, tables)) = segments.split_last().filter(|(_, t)| !t.is_empty()) else {
             report.error(ConfigError::EnvName {
                 var: var.to_owned(),
                 reason: format!("expected {ENV_PREFIX}<SECTION>__<KEY>"),
             });
             continue;
         };
-        let Some(section) = section(section_name) else {
-            report.unknown_section(section_name.clone(), Some(var.to_owned()));
+        let Some(mut section) = section(&tables[0]) else {
+            report.unknown_section(tables[0].clone(), Some(var.to_owned()));
             continue;
         };
-        let dotted = format!("{section_name}.{key}");
-        if !section.has(key) {
+        let mut unknown = false;
+        for name in &tables[1..] {
+            match section.child(name) {
+                Some(child) => section = child,
+                None => {
+                    unknown = true;
+                    break;
+                }
+            }
+        }
+        let dotted = format!("{}.{key}", tables.join("."));
+        if unknown || !section.has(key) || section.child(key).is_some() {
             report.unknown_key(dotted, Some(var.to_owned()));
+            continue;
+        }
+        if section.array {
+            report.invalid(
+                &dotted,
+                "arrays of tables cannot be set from the environment",
+            );
             continue;
         }
         if let Some(earlier) = report.set_from_env(&dotted, var) {
             report.invalid(&dotted, format!("also set by {earlier}"));
             continue;
         }
-        let table = tree
-            .entry(section_name.as_str())
-            .or_insert_with(|| Value::Table(Table::new()));
-        // A section that is not a table is reported when the tree is checked.
-        let Value::Table(table) = table else { continue };
+        // A table on the way that is not a table is reported when the tree is checked.
+        let Some(table) = table_at(tree, tables) else {
+            continue;
+        };
         if raw.is_empty() {
             table.remove(key.as_str());
         } else {
             table.insert(key.clone(), typed(section, key, raw));
         }
+    }
+}
+
+/// The table at `path` in `tree`, created where missing; `None` if something on the way is not
+/// a table.
+fn table_at<'t>(tree: &'t mut Table, path: &[String]) -> Option<&'t mut Table> {
+    let Some((first, rest)) = path.split_first() else {
+        return Some(tree);
+    };
+    match tree
+        .entry(first.as_str())
+        .or_insert_with(|| Value::Table(Table::new()))
+    {
+        Value::Table(inner) => table_at(inner, rest),
+        _ => None,
     }
 }
 

@@ -29,6 +29,8 @@ pub(super) struct FileConfig {
     pub rate_limit: RateLimitConfig,
     pub store: StoreConfig,
     pub tokens: TokensConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<crate::scope::RouteConfig>,
 }
 
 /// `[server]`; see [`ServerConfig`] for what each key does.
@@ -140,6 +142,7 @@ impl FileConfig {
             rate_limit,
             store,
             tokens,
+            routes,
         } = self;
         Config {
             server: ServerConfig {
@@ -171,6 +174,7 @@ impl FileConfig {
             rate_limit,
             store,
             tokens,
+            routes,
         }
     }
 }
@@ -221,6 +225,7 @@ impl From<&Config> for FileConfig {
             rate_limit: c.rate_limit.clone(),
             store: c.store.clone(),
             tokens: c.tokens.clone(),
+            routes: c.routes.clone(),
         }
     }
 }

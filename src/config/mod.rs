@@ -57,7 +57,10 @@ pub use env::ENV_PREFIX;
 pub use error::{ConfigError, ConfigErrors};
 pub use schema::schema_keys;
 pub use secret::{Secret, SecretError, SecretRef};
-pub use sections::{RateLimitConfig, SignupConfig, StoreBackend, StoreConfig, TokensConfig};
+pub use sections::{
+    RateLimitConfig, SignatureConfig, SignupConfig, StoreBackend, StoreConfig, TokenMode,
+    TokensConfig, UnknownTokens,
+};
 
 /// The whole, validated configuration of one gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +77,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub store: StoreConfig,
     pub tokens: TokensConfig,
+    /// `[[routes]]`: rules checked before the built-in ones (see [`crate::scope`]).
+    pub routes: Vec<crate::scope::RouteConfig>,
 }
 
 /// The downstream listeners and what they accept.

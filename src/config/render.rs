@@ -2,10 +2,10 @@
 
 use std::fmt::Write as _;
 
-use toml::Value;
+use toml::{Table, Value};
 
 use super::file::FileConfig;
-use super::schema::SECTIONS;
+use super::schema::{Section, SECTIONS};
 use super::Config;
 
 impl Config {
@@ -25,16 +25,54 @@ impl Config {
             Err(e) => return out + &format!("# cannot render the configuration: {e}\n"),
         };
         for section in SECTIONS {
-            let table = tree.get(section.name).and_then(Value::as_table);
-            // Writing to a String cannot fail.
-            let _ = writeln!(out, "\n[{}]", section.name);
-            for key in (section.keys)() {
-                let _ = match table.and_then(|t| t.get(*key)) {
-                    Some(value) => writeln!(out, "{key} = {value}"),
-                    None => writeln!(out, "# {key} is not set"),
-                };
+            match tree.get(section.name) {
+                Some(Value::Array(elements)) if section.array => {
+                    for element in elements {
+                        render_table(&mut out, section.name, section, element.as_table(), true);
+                    }
+                }
+                // An empty array of tables is written as nothing at all.
+                _ if section.array => {}
+                table => render_table(
+                    &mut out,
+                    section.name,
+                    section,
+                    table.and_then(Value::as_table),
+                    false,
+                ),
             }
         }
         out
+    }
+}
+
+/// Writes `[name]` (or `[[name]]`) with every key of `section`, then its nested tables.
+fn render_table(
+    out: &mut String,
+    name: &str,
+    section: &Section,
+    table: Option<&Table>,
+    array: bool,
+) {
+    // Writing to a String cannot fail.
+    let _ = if array {
+        writeln!(out, "\n[[{name}]]")
+    } else {
+        writeln!(out, "\n[{name}]")
+    };
+    for key in (section.keys)() {
+        if section.child(key).is_some() {
+            continue;
+        }
+        let _ = match table.and_then(|t| t.get(*key)) {
+            Some(value) => writeln!(out, "{key} = {value}"),
+            None => writeln!(out, "# {key} is not set"),
+        };
+    }
+    for child in section.children {
+        let nested = table
+            .and_then(|t| t.get(child.name))
+            .and_then(Value::as_table);
+        render_table(out, &format!("{name}.{}", child.name), child, nested, false);
     }
 }

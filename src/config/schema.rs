@@ -11,9 +11,11 @@ use toml::{Table, Value};
 
 use super::error::Report;
 use super::file::{AdminFile, LogFile, ServerFile, UpstreamFile};
-use super::{RateLimitConfig, SignupConfig, StoreConfig, TokensConfig};
+use super::{RateLimitConfig, SignatureConfig, SignupConfig, StoreConfig, TokensConfig};
+use crate::scope::RouteConfig;
 
-/// One `[section]` of the file.
+/// One `[section]` of the file, a table nested in one (`[tokens.signature]`), or an array of
+/// tables (`[[routes]]`).
 pub(super) struct Section {
     /// Its name in the file (and, upper-cased, in environment overrides).
     pub name: &'static str,
@@ -21,6 +23,10 @@ pub(super) struct Section {
     pub keys: fn() -> &'static [&'static str],
     /// Checks one `key = value` of the section on its own; the error is serde's message.
     pub check: fn(&str, &Value) -> Result<(), String>,
+    /// Tables nested in this one, each checked key by key in turn.
+    pub children: &'static [Section],
+    /// Whether this is an array of tables, each element checked against the keys.
+    pub array: bool,
 }
 
 impl Section {
@@ -29,12 +35,30 @@ impl Section {
             name,
             keys: field_names::<S>,
             check: check_key::<S>,
+            children: &[],
+            array: false,
         }
+    }
+
+    const fn with_children(mut self, children: &'static [Section]) -> Section {
+        self.children = children;
+        self
+    }
+
+    const fn array_of<S: DeserializeOwned>(name: &'static str) -> Section {
+        let mut section = Section::of::<S>(name);
+        section.array = true;
+        section
     }
 
     /// Whether the section has `key`.
     pub(super) fn has(&self, key: &str) -> bool {
         (self.keys)().contains(&key)
+    }
+
+    /// The nested table called `name`.
+    pub(super) fn child(&self, name: &str) -> Option<&'static Section> {
+        self.children.iter().find(|s| s.name == name)
     }
 }
 
@@ -47,7 +71,9 @@ pub(super) const SECTIONS: &[Section] = &[
     Section::of::<SignupConfig>("signup"),
     Section::of::<RateLimitConfig>("rate_limit"),
     Section::of::<StoreConfig>("store"),
-    Section::of::<TokensConfig>("tokens"),
+    Section::of::<TokensConfig>("tokens")
+        .with_children(&[Section::of::<SignatureConfig>("signature")]),
+    Section::array_of::<RouteConfig>("routes"),
 ];
 
 /// The section called `name`.
@@ -55,12 +81,23 @@ pub(super) fn section(name: &str) -> Option<&'static Section> {
     SECTIONS.iter().find(|s| s.name == name)
 }
 
-/// Every key of the schema, dotted (`server.listen`), in file order.
+/// Every key of the schema, dotted (`server.listen`, `tokens.signature.jwks_url`), in file
+/// order. Nested tables are listed by their keys, not by their own name.
 pub fn schema_keys() -> Vec<String> {
-    SECTIONS
-        .iter()
-        .flat_map(|s| (s.keys)().iter().map(|k| format!("{}.{k}", s.name)))
-        .collect()
+    fn walk(prefix: &str, section: &Section, out: &mut Vec<String>) {
+        let prefix = format!("{prefix}{}", section.name);
+        for key in (section.keys)() {
+            match section.child(key) {
+                Some(child) => walk(&format!("{prefix}."), child, out),
+                None => out.push(format!("{prefix}.{key}")),
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    for section in SECTIONS {
+        walk("", section, &mut keys);
+    }
+    keys
 }
 
 /// Reports every unknown section or key and every value its field rejects, and removes each of
@@ -76,6 +113,37 @@ pub(super) fn check_tree(tree: &mut Table, report: &mut Report) {
             }
             return false;
         };
+        if section.array {
+            let Value::Array(elements) = value else {
+                report.invalid(
+                    name,
+                    format!(
+                        "expected an array of tables ([[{name}]]), found {}",
+                        value.type_str()
+                    ),
+                );
+                return false;
+            };
+            let mut index = 0;
+            elements.retain_mut(|element| {
+                let prefix = format!("{name}[{index}]");
+                index += 1;
+                match element {
+                    Value::Table(table) => {
+                        check_table(&prefix, section, table, report);
+                        true
+                    }
+                    other => {
+                        report.invalid(
+                            &prefix,
+                            format!("expected a table, found {}", other.type_str()),
+                        );
+                        false
+                    }
+                }
+            });
+            return true;
+        }
         let Value::Table(table) = value else {
             report.invalid(
                 name,
@@ -83,21 +151,38 @@ pub(super) fn check_tree(tree: &mut Table, report: &mut Report) {
             );
             return false;
         };
-        table.retain(|key, value| {
-            let dotted = format!("{name}.{key}");
-            if !section.has(key) {
-                report.unknown_key(dotted, None);
-                return false;
-            }
-            match (section.check)(key, value) {
-                Ok(()) => true,
-                Err(reason) => {
-                    report.invalid(&dotted, reason);
-                    false
-                }
-            }
-        });
+        check_table(name, section, table, report);
         true
+    });
+}
+
+/// Checks every key of `table` (the table of `section`, at `prefix`), recursing into nested
+/// tables, and removes what it reports.
+fn check_table(prefix: &str, section: &Section, table: &mut Table, report: &mut Report) {
+    table.retain(|key, value| {
+        let dotted = format!("{prefix}.{key}");
+        if let Some(child) = section.child(key) {
+            let Value::Table(nested) = value else {
+                report.invalid(
+                    &dotted,
+                    format!("expected a table, found {}", value.type_str()),
+                );
+                return false;
+            };
+            check_table(&dotted, child, nested, report);
+            return true;
+        }
+        if !section.has(key) {
+            report.unknown_key(dotted, None);
+            return false;
+        }
+        match (section.check)(key, value) {
+            Ok(()) => true,
+            Err(reason) => {
+                report.invalid(&dotted, reason);
+                false
+            }
+        }
     });
 }
 

@@ -93,19 +93,151 @@ pub enum StoreBackend {
     Memory,
 }
 
-/// `[tokens]`: how account tokens travel.
+/// `[tokens]`: how account tokens travel and how they are validated.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokensConfig {
     /// Header carrying the account token (case-insensitive).
     /// Default `EP-Account-Management-Authentication-Token`.
     pub header: String,
+    /// What makes a token valid. Default `issued`.
+    pub mode: TokenMode,
+    /// What to do with a token the store does not know (modes `issued` and `either`).
+    /// Default `upstream`.
+    pub unknown: UnknownTokens,
+    /// Clock skew allowed on `exp` and `nbf`. Default `30s`.
+    #[serde(with = "super::file::duration")]
+    pub leeway: Duration,
+    /// How long a token the upstream refused is answered locally. Default `60s`.
+    #[serde(with = "super::file::duration")]
+    pub negative_ttl: Duration,
+    /// Most refused tokens remembered. Default 100 000.
+    pub negative_max_entries: u64,
+    /// Most verified signatures cached. Default 100 000.
+    pub cache_max_entries: u64,
+    /// Header telling the upstream the validated account; empty turns it off. A copy sent by
+    /// the client is always removed. Default `X-Account-Id`.
+    pub account_id_header: String,
+    /// Header telling the upstream the validated member; empty turns it off. A copy sent by
+    /// the client is always removed. Default `X-Account-Member-Id`.
+    pub member_id_header: String,
+    /// `[tokens.signature]`: keys for the modes that check signatures.
+    pub signature: SignatureConfig,
 }
 
 impl Default for TokensConfig {
     fn default() -> Self {
         TokensConfig {
             header: "EP-Account-Management-Authentication-Token".to_owned(),
+            mode: TokenMode::Issued,
+            unknown: UnknownTokens::Upstream,
+            leeway: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(60),
+            negative_max_entries: 100_000,
+            cache_max_entries: 100_000,
+            account_id_header: "X-Account-Id".to_owned(),
+            member_id_header: "X-Account-Member-Id".to_owned(),
+            signature: SignatureConfig::default(),
+        }
+    }
+}
+
+/// `[tokens] mode` (DESIGN.md, "Validation modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenMode {
+    /// Seen issued by the upstream (through this gateway or its shared store).
+    Issued,
+    /// A valid signature with the configured keys.
+    Signature,
+    /// Issued, or else a valid signature.
+    Either,
+    /// Issued and a valid signature.
+    Both,
+}
+
+impl TokenMode {
+    /// Whether signatures are checked at all, so keys are needed.
+    pub fn checks_signatures(self) -> bool {
+        self != TokenMode::Issued
+    }
+}
+
+/// `[tokens] unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownTokens {
+    /// Check locally, let the upstream decide once, learn from its answer.
+    Upstream,
+    /// 401 `token_unknown`.
+    Reject,
+}
+
+/// `[tokens.signature]`: keys, pinned algorithms and claim checks for signature validation.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignatureConfig {
+    /// Algorithms accepted; a token's `alg` must be one of them. `none` is never accepted.
+    /// Default `["HS256"]`, what the Commerce API signs with.
+    pub algorithms: Vec<String>,
+    /// Environment variable holding the HS256 secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hs256_secret_env: Option<String>,
+    /// File holding the HS256 secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hs256_secret_file: Option<std::path::PathBuf>,
+    /// PEM file with a public key (RSA, EC or Ed25519).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<std::path::PathBuf>,
+    /// JWKS document to fetch keys from (http or https).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// Extra CA (PEM) for an https `jwks_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_ca_file: Option<std::path::PathBuf>,
+    /// How often the JWKS is refetched. Default `5m`.
+    #[serde(with = "super::file::duration")]
+    pub jwks_refresh: Duration,
+    /// Least time between refetches triggered by an unknown `kid`. Default `30s`.
+    #[serde(with = "super::file::duration")]
+    pub jwks_cooldown: Duration,
+    /// Timeout of one JWKS fetch. Default `5s`.
+    #[serde(with = "super::file::duration")]
+    pub jwks_timeout: Duration,
+    /// Required `iss`, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+impl SignatureConfig {
+    /// The HS256 secret's reference, when one of `hs256_secret_env` / `hs256_secret_file` is set
+    /// (validation refuses both).
+    pub fn hs256_secret(&self) -> Option<super::SecretRef> {
+        match (&self.hs256_secret_env, &self.hs256_secret_file) {
+            (Some(name), _) => Some(super::SecretRef::Env(name.clone())),
+            (None, Some(path)) => Some(super::SecretRef::File(path.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+impl Default for SignatureConfig {
+    fn default() -> Self {
+        SignatureConfig {
+            algorithms: vec!["HS256".to_owned()],
+            hs256_secret_env: None,
+            hs256_secret_file: None,
+            public_key_file: None,
+            jwks_url: None,
+            jwks_ca_file: None,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_cooldown: Duration::from_secs(30),
+            jwks_timeout: Duration::from_secs(5),
+            issuer: None,
+            audience: None,
         }
     }
 }

@@ -103,6 +103,7 @@ pub(super) fn validate(
     }
 
     validate_token_path(&file, report);
+    validate_tokens(&file, lookup, report);
 
     let admin = admin_config(&file, report);
     if let Some(token) = &admin.token {
@@ -146,6 +147,135 @@ fn validate_token_path(file: &FileConfig, report: &mut Report) {
             "tokens.header",
             format!("{:?} is not a valid header name", file.tokens.header),
         );
+    }
+}
+
+/// `[tokens]`, `[tokens.signature]` and `[[routes]]`.
+fn validate_tokens(
+    file: &FileConfig,
+    lookup: &dyn Fn(&str) -> Option<OsString>,
+    report: &mut Report,
+) {
+    let tokens = &file.tokens;
+    for (key, name, may_be_empty) in [
+        ("tokens.account_id_header", &tokens.account_id_header, true),
+        ("tokens.member_id_header", &tokens.member_id_header, true),
+    ] {
+        if !(may_be_empty && name.is_empty())
+            && http::HeaderName::from_bytes(name.as_bytes()).is_err()
+        {
+            report.invalid(key, format!("{name:?} is not a valid header name"));
+        }
+    }
+    for (key, value, may_be_zero) in [
+        ("tokens.leeway", tokens.leeway, true),
+        ("tokens.negative_ttl", tokens.negative_ttl, false),
+        (
+            "tokens.signature.jwks_refresh",
+            tokens.signature.jwks_refresh,
+            false,
+        ),
+        (
+            "tokens.signature.jwks_cooldown",
+            tokens.signature.jwks_cooldown,
+            true,
+        ),
+        (
+            "tokens.signature.jwks_timeout",
+            tokens.signature.jwks_timeout,
+            false,
+        ),
+    ] {
+        if value.is_zero() && !may_be_zero {
+            report.invalid(key, "must be greater than 0");
+        } else if value > MAX_DURATION {
+            report.invalid(key, "must be at most 24h");
+        }
+    }
+    for (key, value) in [
+        ("tokens.negative_max_entries", tokens.negative_max_entries),
+        ("tokens.cache_max_entries", tokens.cache_max_entries),
+    ] {
+        if value == 0 {
+            report.invalid(key, "must be at least 1");
+        }
+    }
+
+    let signature = &tokens.signature;
+    for name in &signature.algorithms {
+        if name.eq_ignore_ascii_case("none") {
+            report.invalid("tokens.signature.algorithms", "\"none\" is never accepted");
+        } else if name.parse::<jsonwebtoken::Algorithm>().is_err() {
+            report.invalid(
+                "tokens.signature.algorithms",
+                format!("unknown algorithm {name:?} (HS256, RS256, ES256, EdDSA, …)"),
+            );
+        }
+    }
+    if signature.hs256_secret_env.is_some() && signature.hs256_secret_file.is_some() {
+        report.invalid(
+            "tokens.signature",
+            "hs256_secret_env and hs256_secret_file are both set; set one of them",
+        );
+    } else if let Some(secret) = signature.hs256_secret() {
+        if let Err(e) = secret.resolve_with(lookup) {
+            let key = match secret {
+                SecretRef::Env(_) => "tokens.signature.hs256_secret_env",
+                SecretRef::File(_) => "tokens.signature.hs256_secret_file",
+            };
+            report.warn(key, e);
+        }
+    }
+    for (key, path) in [
+        (
+            "tokens.signature.public_key_file",
+            &signature.public_key_file,
+        ),
+        ("tokens.signature.jwks_ca_file", &signature.jwks_ca_file),
+    ] {
+        if let Some(path) = path {
+            if let Err(reason) = readable_file(path) {
+                report.invalid(key, reason);
+            }
+        }
+    }
+    if let Some(url) = &signature.jwks_url {
+        let ok = url
+            .parse::<Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            report.invalid(
+                "tokens.signature.jwks_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            );
+        }
+    }
+    if tokens.mode.checks_signatures() {
+        if signature.algorithms.is_empty() {
+            report.invalid(
+                "tokens.signature.algorithms",
+                "must name at least one algorithm",
+            );
+        }
+        if signature.hs256_secret().is_none()
+            && signature.public_key_file.is_none()
+            && signature.jwks_url.is_none()
+        {
+            report.invalid(
+                "tokens.signature",
+                "tokens.mode checks signatures but no key is configured (hs256_secret_env, \
+                 hs256_secret_file, public_key_file or jwks_url)",
+            );
+        }
+    }
+
+    for (index, route) in file.routes.iter().enumerate() {
+        if let Err(e) = crate::scope::Rule::new(&route.path, route.token) {
+            report.invalid(
+                &format!("routes[{index}].path"),
+                format!("{:?}: {e}", route.path),
+            );
+        }
     }
 }
 
