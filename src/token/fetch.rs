@@ -1,0 +1,136 @@
+//! The HTTP(S) client that downloads the JWKS: one GET to the configured URL, bounded in time and
+//! size, no redirects followed (a redirect is a failed fetch, never a new key source), rustls with
+//! the system roots plus an optional extra CA.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::error::KeyError;
+
+/// Largest JWKS body read. A real one is a few KiB.
+pub(crate) const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// Why one fetch failed; logged, never fatal.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FetchError {
+    #[error("request failed: {0}")]
+    Request(#[from] hyper_util::client::legacy::Error),
+    #[error("answered HTTP {0}")]
+    Status(StatusCode),
+    #[error("body larger than {MAX_JWKS_BYTES} bytes or unreadable")]
+    Body,
+    #[error("no complete answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A JWKS downloader for one URL.
+pub(crate) struct Fetcher {
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    url: Uri,
+    /// Bounds the whole exchange, connect to last body byte.
+    timeout: Duration,
+}
+
+impl Fetcher {
+    /// Checks the URL and builds the client.
+    pub(crate) fn new(
+        url: Uri,
+        ca_file: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Self, KeyError> {
+        let scheme_ok = matches!(url.scheme_str(), Some("http" | "https"));
+        if !scheme_ok || url.host().is_none_or(str::is_empty) {
+            return Err(KeyError::JwksUrl);
+        }
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(ca_file)?)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            // One fetch every few minutes: a pooled connection would mostly sit idle.
+            .pool_max_idle_per_host(1)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Fetcher {
+            client,
+            url,
+            timeout,
+        })
+    }
+
+    /// Downloads the document.
+    pub(crate) async fn fetch(&self) -> Result<Bytes, FetchError> {
+        match tokio::time::timeout(self.timeout, self.exchange()).await {
+            Ok(result) => result,
+            Err(_) => Err(FetchError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn exchange(&self) -> Result<Bytes, FetchError> {
+        let request = Request::get(self.url.clone())
+            .header(header::ACCEPT, "application/jwk-set+json, application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("account-gate/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Empty::new())
+            .map_err(|_| FetchError::Body)?;
+        let response = self.client.request(request).await?;
+        if response.status() != StatusCode::OK {
+            return Err(FetchError::Status(response.status()));
+        }
+        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+            .collect()
+            .await
+            .map_err(|_| FetchError::Body)?;
+        Ok(body.to_bytes())
+    }
+}
+
+/// rustls client settings: system roots plus `jwks_ca_file`, ring as the provider. The same
+/// shape as the upstream client's (`proxy::upstream`), kept separate because that one is built
+/// from the upstream's config section.
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, KeyError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!(%error, "skipping unreadable system certificate");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        use rustls_pki_types::pem::PemObject;
+        let ca_error = |reason: String| KeyError::JwksCa {
+            path: path.display().to_string(),
+            reason,
+        };
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| ca_error(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ca_error(e.to_string()))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(ca_error("no usable certificate in the file".to_owned()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
