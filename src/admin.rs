@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use crate::answer::json_api_error;
 use crate::metrics::Metrics;
 use crate::proxy::{full_body, Body};
+use crate::token::Verifier;
 
 /// Whether the gateway should receive traffic. Starts not ready; turns ready once every
 /// listener is up and turns unready for good at the first shutdown signal.
@@ -51,6 +52,8 @@ impl Health {
 pub struct Admin {
     /// Exported at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Keeps the verified-cache counters that `/metrics` exports, in the signature modes.
+    pub verifier: Option<Arc<Verifier>>,
     /// Reported at `/readyz`.
     pub health: Arc<Health>,
 }
@@ -70,6 +73,10 @@ impl Admin {
         }
         let response = match request.uri().path() {
             "/metrics" => {
+                if let Some(verifier) = &self.verifier {
+                    self.metrics
+                        .sync_verified_cache(verifier.cache_hits(), verifier.cache_misses());
+                }
                 let mut response = Response::new(full_body(self.metrics.encode()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

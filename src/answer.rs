@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::proxy::{full_body, Body, UpstreamError};
 use crate::signup::SignupError;
+use crate::validator::Rejection;
 
 /// Everything the data plane can answer by itself instead of forwarding.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,9 @@ pub enum GatewayError {
     /// A token request failed its checks or a rate limit.
     #[error(transparent)]
     Signup(#[from] SignupError),
+    /// An account token was refused.
+    #[error(transparent)]
+    Token(#[from] Rejection),
 }
 
 /// One JSON:API error object, as the Commerce API writes them.
@@ -59,9 +63,17 @@ impl GatewayError {
                 SignupError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
                 SignupError::BodyRead => (StatusCode::BAD_REQUEST, "body_unreadable"),
                 SignupError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
-                SignupError::Token(code) => (StatusCode::UNAUTHORIZED, code),
                 SignupError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             },
+            GatewayError::Token(rejection) => {
+                let status = match rejection {
+                    Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                    Rejection::ScopeMismatch | Rejection::MemberMismatch => StatusCode::FORBIDDEN,
+                    Rejection::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    Rejection::PathNotNormalized => StatusCode::BAD_REQUEST,
+                };
+                (status, rejection.code())
+            }
         }
     }
 
@@ -80,12 +92,13 @@ impl GatewayError {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }
-            GatewayError::Signup(SignupError::Token(code)) => {
-                if let Ok(value) = HeaderValue::from_str(&format!(
-                    "Bearer realm=\"account-gate\", error=\"invalid_token\", error_description=\"{code}\""
-                )) {
-                    headers.insert(header::WWW_AUTHENTICATE, value);
-                }
+            GatewayError::Token(Rejection::Unauthorized(_)) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"account-gate\", error=\"invalid_token\"",
+                    ),
+                );
             }
             _ => {}
         }

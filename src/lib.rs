@@ -8,7 +8,10 @@
 //! - [`answer`]: the one place where a refusal or failure becomes a JSON:API answer.
 //! - [`signup`]: checks token requests, rate-limits them, and learns the tokens issued.
 //! - [`store`]: the issued-token registry (fingerprints by member) and the revocation deny-list.
-//! - [`token`]: reading account tokens.
+//! - [`token`]: reading account tokens and verifying their signatures (keys, JWKS, cache).
+//! - [`scope`]: route rules — which paths need a token, which segment must match which claim.
+//! - [`validator`]: the decision on each account-scoped request (modes, unknown tokens,
+//!   revocation, identity headers).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own listener.
 //! - [`metrics`]: every Prometheus metric, declared once.
 //! - [`logging`]: text or JSON log lines.
@@ -40,5 +43,6 @@ pub mod server;
 pub mod signup;
 pub mod store;
 pub mod token;
+pub mod validator;
 
 pub use server::{Server, StartError};

@@ -9,6 +9,7 @@ use prometheus::{
 };
 
 use crate::signup::{Limit, Mechanism, Outcome};
+use crate::validator::Rejection;
 
 /// Route classes: the only values the `route` label takes.
 pub const ROUTES: [&str; 3] = ["signup", "scoped", "passthrough"];
@@ -41,6 +42,16 @@ pub struct Metrics {
     pub store_entries: IntGauge,
     /// `rate_limited_total{limit}`: token requests refused by each rate limit.
     pub rate_limited_total: IntCounterVec,
+    /// `token_validations_total{outcome,reason}`: account-token decisions.
+    pub token_validations_total: IntCounterVec,
+    /// `verified_cache_hits_total`: signature checks answered from the verified-token cache.
+    pub verified_cache_hits_total: IntCounter,
+    /// `verified_cache_misses_total`: signatures actually verified.
+    pub verified_cache_misses_total: IntCounter,
+    /// `tokens_revoked_total`: tokens put on the deny-list (logout, admin API).
+    pub tokens_revoked_total: IntCounter,
+    /// Serialises [`Metrics::sync_verified_cache`], which copies counters kept elsewhere.
+    verified_sync: std::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -103,6 +114,29 @@ impl Metrics {
             ),
             &["limit"],
         )?;
+        let token_validations_total = IntCounterVec::new(
+            Opts::new(
+                "token_validations_total",
+                "Account-token decisions by outcome (accepted, deferred, rejected) and reason.",
+            ),
+            &["outcome", "reason"],
+        )?;
+        let verified_cache_hits_total = IntCounter::new(
+            "verified_cache_hits_total",
+            "Signature checks answered from the verified-token cache.",
+        )?;
+        let verified_cache_misses_total = IntCounter::new(
+            "verified_cache_misses_total",
+            "Token signatures actually verified (verified-token cache misses).",
+        )?;
+        let tokens_revoked_total = IntCounter::new(
+            "tokens_revoked_total",
+            "Account tokens revoked (logout, admin API).",
+        )?;
+        registry.register(Box::new(token_validations_total.clone()))?;
+        registry.register(Box::new(verified_cache_hits_total.clone()))?;
+        registry.register(Box::new(verified_cache_misses_total.clone()))?;
+        registry.register(Box::new(tokens_revoked_total.clone()))?;
         registry.register(Box::new(signups_total.clone()))?;
         registry.register(Box::new(tokens_issued_total.clone()))?;
         registry.register(Box::new(store_entries.clone()))?;
@@ -142,6 +176,19 @@ impl Metrics {
         for limit in Limit::ALL {
             rate_limited_total.with_label_values(&[limit.as_str()]);
         }
+        for reason in [
+            "issued",
+            "signature",
+            "issued_and_signature",
+            "no_token",
+            "learned",
+        ] {
+            token_validations_total.with_label_values(&["accepted", reason]);
+        }
+        token_validations_total.with_label_values(&["deferred", "token_unknown"]);
+        for reason in Rejection::REASONS.iter().chain(&["upstream_refused"]) {
+            token_validations_total.with_label_values(&["rejected", reason]);
+        }
         Ok(Metrics {
             registry,
             requests_total,
@@ -152,7 +199,23 @@ impl Metrics {
             tokens_issued_total,
             store_entries,
             rate_limited_total,
+            token_validations_total,
+            verified_cache_hits_total,
+            verified_cache_misses_total,
+            tokens_revoked_total,
+            verified_sync: std::sync::Mutex::new(()),
         })
+    }
+
+    /// Brings the verified-cache counters up to the totals the verifier keeps itself.
+    pub fn sync_verified_cache(&self, hits: u64, misses: u64) {
+        let _guard = self.verified_sync.lock();
+        for (counter, total) in [
+            (&self.verified_cache_hits_total, hits),
+            (&self.verified_cache_misses_total, misses),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -141,9 +141,13 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// The defaults for the Commerce API (DESIGN.md), after `configured`.
-    pub fn new(configured: Vec<Rule>) -> Rules {
-        let mut rules = configured;
+    /// The defaults for the Commerce API (DESIGN.md), after `configured`. The token endpoint
+    /// `token_path` comes before all: it is the sign-up route, never a `{member_id}`.
+    pub fn new(configured: Vec<Rule>, token_path: &str) -> Rules {
+        let mut rules: Vec<Rule> = Rule::new(token_path, TokenRequirement::Off)
+            .into_iter()
+            .collect();
+        rules.extend(configured);
         rules.extend(Self::defaults());
         Rules { rules }
     }
@@ -213,7 +217,7 @@ mod tests {
     use TokenRequirement::*;
 
     fn rules() -> Rules {
-        Rules::new(vec![])
+        Rules::new(vec![], "/v2/account-members/tokens")
     }
 
     #[test]
@@ -234,6 +238,11 @@ mod tests {
         assert_eq!(r.decide("/v2/products").unwrap().requirement, Optional);
         assert_eq!(r.decide("/v2/accounts").unwrap().binding, None);
         assert_eq!(r.decide("/").unwrap().requirement, Optional);
+        // The token endpoint is never a member id.
+        assert_eq!(
+            r.decide("/v2/account-members/tokens").unwrap().requirement,
+            Off
+        );
     }
 
     #[test]
@@ -263,9 +272,10 @@ mod tests {
 
     #[test]
     fn configured_rules_come_first() {
-        let r = Rules::new(vec![
-            Rule::new("/v2/accounts/{account_id}/public", Off).unwrap()
-        ]);
+        let r = Rules::new(
+            vec![Rule::new("/v2/accounts/{account_id}/public", Off).unwrap()],
+            "/v2/account-members/tokens",
+        );
         assert_eq!(r.decide("/v2/accounts/A/public").unwrap().requirement, Off);
         assert_eq!(
             r.decide("/v2/accounts/A/private").unwrap().requirement,

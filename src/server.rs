@@ -10,10 +10,14 @@ use tokio::sync::watch;
 
 use crate::admin::{Admin, Health};
 use crate::config::Config;
+use crate::config::{SecretError, SecretRef};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Gateway, ListenerSettings, Upstream, UpstreamSetupError};
+use crate::scope::{Rule, Rules};
 use crate::signup::{RateLimits, Signup, SignupPolicy, SignupSettings};
 use crate::store::{MemoryStore, MemoryStoreOptions, Store};
+use crate::token::{KeyError, SignatureSettings, Verifier};
+use crate::validator::{IdentityHeaders, Validator, ValidatorSettings};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,24 @@ pub enum StartError {
     /// The metrics registry refused a metric (a bug: names clash).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// A secret the configuration references is missing.
+    #[error("{key}: {source}")]
+    Secret {
+        key: &'static str,
+        #[source]
+        source: SecretError,
+    },
+    /// A key file could not be read.
+    #[error("{key} {path}: {source}")]
+    KeyFile {
+        key: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The signature keys are unusable.
+    #[error("tokens.signature: {0}")]
+    Keys(#[from] KeyError),
 }
 
 /// A gateway with its listeners bound, ready to [`run`](Server::run).
@@ -50,18 +72,36 @@ impl Server {
         let upstream = Upstream::new(&config.upstream)?;
         let listener = bind(config.server.listen).await?;
         let admin_listener = bind(config.server.admin_listen).await?;
-        let store = Arc::new(Store::Memory(MemoryStore::new(
-            MemoryStoreOptions::with_max_entries(config.store.max_entries),
-        )));
+        let tokens = &config.tokens;
+        let store = Arc::new(Store::Memory(MemoryStore::new(MemoryStoreOptions {
+            // A deny entry must outlive every leeway-extended acceptance of its token.
+            revoked_grace: tokens
+                .leeway
+                .max(MemoryStoreOptions::default().revoked_grace),
+            ..MemoryStoreOptions::with_max_entries(config.store.max_entries)
+        })));
+        let verifier = if tokens.mode.checks_signatures() {
+            Some(Arc::new(Verifier::new(signature_settings(&config)?).await?))
+        } else {
+            None
+        };
+        let validator = Validator::new(
+            validator_settings(&config),
+            store.clone(),
+            verifier.clone(),
+            metrics.clone(),
+        );
         let signup = Signup::new(signup_settings(&config), store.clone(), metrics.clone());
         let gateway = Arc::new(Gateway::new(
             upstream,
             signup,
+            validator,
             config.signup.path.clone(),
             config.server.trusted_hops,
             metrics.clone(),
         ));
         let admin = Arc::new(Admin {
+            verifier,
             metrics,
             health: Arc::new(Health::default()),
         });
@@ -151,6 +191,72 @@ impl Server {
     }
 }
 
+/// The validator's settings from the configuration (already validated).
+fn validator_settings(config: &Config) -> ValidatorSettings {
+    let tokens = &config.tokens;
+    let configured = config
+        .routes
+        .iter()
+        .filter_map(|route| Rule::new(&route.path, route.token).ok())
+        .collect();
+    ValidatorSettings {
+        mode: tokens.mode,
+        unknown: tokens.unknown,
+        header: http::HeaderName::from_bytes(tokens.header.as_bytes()).unwrap_or_else(|_| {
+            http::HeaderName::from_static("ep-account-management-authentication-token")
+        }),
+        leeway: tokens.leeway,
+        negative_ttl: tokens.negative_ttl,
+        negative_max_entries: tokens.negative_max_entries,
+        rules: Rules::new(configured, &config.signup.path),
+        identity: IdentityHeaders::new(&tokens.account_id_header, &tokens.member_id_header),
+    }
+}
+
+/// The verifier's settings: secrets resolved and key files read.
+fn signature_settings(config: &Config) -> Result<SignatureSettings, StartError> {
+    let signature = &config.tokens.signature;
+    let hs256_secret = match signature.hs256_secret() {
+        None => None,
+        Some(reference) => {
+            let key = match reference {
+                SecretRef::Env(_) => "tokens.signature.hs256_secret_env",
+                SecretRef::File(_) => "tokens.signature.hs256_secret_file",
+            };
+            let secret = reference
+                .resolve()
+                .map_err(|source| StartError::Secret { key, source })?;
+            Some(secret.expose().as_bytes().to_vec())
+        }
+    };
+    let public_keys = match &signature.public_key_file {
+        None => Vec::new(),
+        Some(path) => vec![std::fs::read(path).map_err(|source| StartError::KeyFile {
+            key: "tokens.signature.public_key_file",
+            path: path.display().to_string(),
+            source,
+        })?],
+    };
+    Ok(SignatureSettings {
+        algorithms: signature
+            .algorithms
+            .iter()
+            .filter_map(|name| name.parse().ok())
+            .collect(),
+        hs256_secret,
+        public_keys,
+        jwks_url: signature.jwks_url.as_ref().and_then(|url| url.parse().ok()),
+        jwks_ca_file: signature.jwks_ca_file.clone(),
+        jwks_refresh: signature.jwks_refresh,
+        jwks_cooldown: signature.jwks_cooldown,
+        jwks_timeout: signature.jwks_timeout,
+        leeway: config.tokens.leeway,
+        issuer: signature.issuer.clone(),
+        audience: signature.audience.clone(),
+        cache_max_entries: config.tokens.cache_max_entries,
+    })
+}
+
 /// The sign-up path's settings from the configuration.
 fn signup_settings(config: &Config) -> SignupSettings {
     let (signup, limits) = (&config.signup, &config.rate_limit);
@@ -169,10 +275,6 @@ fn signup_settings(config: &Config) -> SignupSettings {
         },
         max_body_bytes: config.server.max_body_bytes,
         max_response_bytes: signup.max_response_bytes,
-        // The config loader has checked that the header name is valid.
-        token_header: http::HeaderName::from_bytes(config.tokens.header.as_bytes()).unwrap_or_else(
-            |_| http::HeaderName::from_static("ep-account-management-authentication-token"),
-        ),
     }
 }
 

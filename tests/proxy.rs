@@ -116,7 +116,7 @@ async fn serves_http2_clients() {
     let upstream = TestUpstream::http().await;
     let gateway = TestGateway::new(&upstream.url).start().await;
     let body = pattern(300_000);
-    let request = Request::put(gateway.url("/v2/accounts/x"))
+    let request = Request::put(gateway.url("/v2/carts/x"))
         .body(Full::new(body.clone()))
         .expect("request");
     let response = h2_client().request(request).await.expect("h2 response");
@@ -205,7 +205,7 @@ async fn a_refused_upstream_is_a_502_and_the_gateway_keeps_serving() {
     let addr = refused_addr().await;
     let gateway = TestGateway::new(&format!("http://{addr}")).start().await;
     for _ in 0..3 {
-        let (status, body) = get(&gateway.url("/v2/accounts/a")).await;
+        let (status, body) = get(&gateway.url("/v2/carts/a")).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         let body = json(&body);
         assert_eq!(body["errors"][0]["status"], "502");

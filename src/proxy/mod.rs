@@ -1,9 +1,11 @@
 //! The data plane: the listener, the per-request handler and the forwarding client.
 //!
-//! A request enters [`Gateway::handle`] and is classified into a route class. A token request
-//! (`POST` on the sign-up path) is read and checked by [`Signup`] first and its `201` answer teed
-//! so the issued tokens are learnt; everything else is forwarded as it is. Either way the headers
-//! are rewritten on the way out and the answer streams back.
+//! A request enters [`Gateway::handle`] and is classified. A token request (`POST` on the
+//! sign-up path) is read and checked by [`Signup`] first and its `201` answer teed so the issued
+//! tokens are learnt; `DELETE` on the same path is the logout the Commerce API lacks, answered
+//! here. Every other request goes to the [`Validator`], which forwards it (with the validated
+//! identity), forwards it once for the upstream to judge an unknown token, or refuses it. The
+//! headers are rewritten on the way out and the answer streams back.
 
 mod headers;
 mod listener;
@@ -22,7 +24,8 @@ use hyper::body::Incoming;
 
 use crate::answer::GatewayError;
 use crate::metrics::{code_class, Metrics};
-use crate::signup::{Outcome, Signup, SignupError, TeeBody};
+use crate::signup::{Mechanism, Outcome, Signup, SignupError, TeeBody};
+use crate::validator::{Validator, Verdict};
 
 pub use headers::{strip_hop_by_hop, X_REQUEST_ID};
 pub use listener::{serve, ListenerSettings};
@@ -50,8 +53,10 @@ fn streamed(body: Incoming) -> Body {
 /// Which kind of request this is; the `route` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteClass {
-    /// `POST` to the token endpoint: sign-up, login, account switch.
+    /// The token endpoint: sign-up, login, switch (`POST`) and logout (`DELETE`).
     Signup,
+    /// A request whose account token was checked.
+    Scoped,
     /// Everything else, forwarded untouched.
     Passthrough,
 }
@@ -61,6 +66,7 @@ impl RouteClass {
     pub fn as_str(self) -> &'static str {
         match self {
             RouteClass::Signup => "signup",
+            RouteClass::Scoped => "scoped",
             RouteClass::Passthrough => "passthrough",
         }
     }
@@ -70,6 +76,7 @@ impl RouteClass {
 pub struct Gateway {
     upstream: Upstream,
     signup: Signup,
+    validator: Validator,
     /// `signup.path`: `POST` here is a token request.
     signup_path: String,
     /// `server.trusted_hops`, for the client IP of rate limits.
@@ -83,6 +90,7 @@ impl Gateway {
     pub fn new(
         upstream: Upstream,
         signup: Signup,
+        validator: Validator,
         signup_path: String,
         trusted_hops: usize,
         metrics: Arc<Metrics>,
@@ -90,19 +98,17 @@ impl Gateway {
         Gateway {
             upstream,
             signup,
+            validator,
             signup_path,
             trusted_hops,
             metrics,
         }
     }
 
-    /// Classifies a request by method and path.
-    fn route_of<B>(&self, request: &Request<B>) -> RouteClass {
-        if request.method() == Method::POST && request.uri().path() == self.signup_path {
-            RouteClass::Signup
-        } else {
-            RouteClass::Passthrough
-        }
+    /// Whether a request is for the token endpoint.
+    fn is_token_endpoint<B>(&self, request: &Request<B>) -> bool {
+        request.uri().path() == self.signup_path
+            && (request.method() == Method::POST || request.method() == Method::DELETE)
     }
 
     /// Answers one request from `peer`. Never fails: every problem becomes an HTTP answer.
@@ -113,17 +119,17 @@ impl Gateway {
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let request_id = headers::request_id(request.headers());
-        let route = self.route_of(&request);
         let method = request.method().clone();
 
-        let answer = match route {
-            RouteClass::Signup => self.token_request(request, peer, &request_id).await,
-            RouteClass::Passthrough => {
-                let (parts, body) = request.into_parts();
-                self.forward(parts, streamed(body), peer, &request_id, route)
-                    .await
-                    .map(|response| response.map(streamed))
-            }
+        let (route, answer) = if self.is_token_endpoint(&request) {
+            let answer = if method == Method::DELETE {
+                self.logout(request).await
+            } else {
+                self.token_request(request, peer, &request_id).await
+            };
+            (RouteClass::Signup, answer)
+        } else {
+            self.account_request(request, peer, &request_id).await
         };
         let mut response = match answer {
             Ok(response) => response,
@@ -159,6 +165,59 @@ impl Gateway {
         Ok(response)
     }
 
+    /// Validates the account token of a request (as the route rules require) and forwards it,
+    /// or refuses it.
+    async fn account_request(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+    ) -> (RouteClass, Result<Response<Body>, GatewayError>) {
+        let verdict = self
+            .validator
+            .check(request.method(), request.uri().path(), request.headers())
+            .await;
+        let (mut parts, body) = request.into_parts();
+        let identity_headers = self.validator.identity_headers();
+        let (route, deferred) = match verdict {
+            Verdict::Untouched => (RouteClass::Passthrough, None),
+            Verdict::Forward(None) => {
+                identity_headers.apply(&mut parts.headers, None);
+                (RouteClass::Passthrough, None)
+            }
+            Verdict::Forward(Some(identity)) => {
+                identity_headers.apply(&mut parts.headers, Some(&identity));
+                (RouteClass::Scoped, None)
+            }
+            Verdict::Defer(unknown) => {
+                identity_headers.apply(&mut parts.headers, None);
+                (RouteClass::Scoped, Some(unknown))
+            }
+            Verdict::Reject(rejection) => return (RouteClass::Scoped, Err(rejection.into())),
+        };
+        let answer = self
+            .forward(parts, streamed(body), peer, request_id, route)
+            .await;
+        if let (Some(unknown), Ok(response)) = (deferred, &answer) {
+            self.validator.settle(unknown, response.status()).await;
+        }
+        (route, answer.map(|response| response.map(streamed)))
+    }
+
+    /// `DELETE` on the token endpoint: revokes every token of the presented token's member.
+    async fn logout(&self, request: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+        let identity = self.validator.check_token(request.headers()).await?;
+        let revoked = self.validator.revoke(&identity).await?;
+        tracing::info!(
+            member = identity.member_id.as_deref().unwrap_or("-"),
+            revoked,
+            "logout"
+        );
+        let mut response = Response::new(full_body(Bytes::new()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        Ok(response)
+    }
+
     /// Checks a token request, forwards it, and tees a `201` answer to learn its tokens.
     async fn token_request(
         &self,
@@ -183,6 +242,13 @@ impl Gateway {
             }
         };
         let mechanism = Some(checked.mechanism);
+        if checked.mechanism == Mechanism::SwitchAccount {
+            // Switching accounts needs a valid current token, like any account request.
+            if let Err(rejection) = self.validator.check_token(&parts.headers).await {
+                self.signup.count(mechanism, Outcome::Rejected);
+                return Err(rejection.into());
+            }
+        }
         // The answer must arrive in a form the gateway can read to learn the tokens; token
         // answers are a few KiB, so asking for them uncompressed costs nothing.
         parts.headers.remove(header::ACCEPT_ENCODING);
@@ -253,7 +319,7 @@ impl Gateway {
 
     fn count_error(&self, error: &GatewayError) {
         match error {
-            GatewayError::Signup(_) => {}
+            GatewayError::Signup(_) | GatewayError::Token(_) => {}
             GatewayError::Upstream(e) => {
                 let kind = match e {
                     UpstreamError::Connect(_) => "connect",

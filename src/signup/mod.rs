@@ -22,7 +22,6 @@ use hyper::body::Incoming;
 
 use crate::metrics::Metrics;
 use crate::store::{Store, TokenStore};
-use crate::token::claims;
 
 pub use learn::{records, LearnError};
 pub use ratelimit::{Limit, RateLimiter, RateLimits};
@@ -145,9 +144,6 @@ pub enum SignupError {
         pointer: String,
         detail: String,
     },
-    /// The switch-account mechanism needs the current token in the token header.
-    #[error("{0}")]
-    Token(&'static str),
     /// Over a rate limit.
     #[error("too many token requests; retry in {} s", retry_after.as_secs().max(1))]
     RateLimited { limit: Limit, retry_after: Duration },
@@ -166,7 +162,8 @@ impl SignupError {
 /// Outcome labels of `signups_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Refused by the checks (400/401/413/415).
+    /// Refused by the checks (400/401/413/415), including an invalid current token on an
+    /// account switch.
     Rejected,
     /// Refused by a rate limit (429).
     RateLimited,
@@ -214,8 +211,6 @@ pub struct Signup {
     max_body_bytes: usize,
     /// Largest `201` body copied for learning.
     max_response_bytes: usize,
-    /// The header that carries account tokens.
-    token_header: http::HeaderName,
 }
 
 /// Settings of [`Signup`], from the configuration.
@@ -224,7 +219,6 @@ pub struct SignupSettings {
     pub rate_limits: RateLimits,
     pub max_body_bytes: usize,
     pub max_response_bytes: usize,
-    pub token_header: http::HeaderName,
 }
 
 impl Signup {
@@ -237,7 +231,6 @@ impl Signup {
             metrics,
             max_body_bytes: settings.max_body_bytes,
             max_response_bytes: settings.max_response_bytes,
-            token_header: settings.token_header,
         }
     }
 
@@ -274,10 +267,6 @@ impl Signup {
         };
         let checked = check_body(&bytes, &self.policy).map_err(|e| (None, e))?;
         let mechanism = Some(checked.mechanism);
-        if checked.mechanism == Mechanism::SwitchAccount {
-            self.check_current_token(headers)
-                .map_err(|e| (mechanism, e))?;
-        }
         self.limiter
             .check(
                 checked.mechanism.is_signup(),
@@ -288,20 +277,6 @@ impl Signup {
                 (mechanism, SignupError::RateLimited { limit, retry_after })
             })?;
         Ok((bytes, checked))
-    }
-
-    /// Until account tokens are validated (issue 4): present, single and well-formed.
-    fn check_current_token(&self, headers: &HeaderMap) -> Result<(), SignupError> {
-        let mut values = headers.get_all(&self.token_header).iter();
-        let token = match (values.next(), values.next()) {
-            (None, _) => return Err(SignupError::Token("token_missing")),
-            (Some(_), Some(_)) => return Err(SignupError::Token("token_malformed")),
-            (Some(value), None) => value
-                .to_str()
-                .map_err(|_| SignupError::Token("token_malformed"))?,
-        };
-        claims::peek(token.trim()).map_err(|_| SignupError::Token("token_malformed"))?;
-        Ok(())
     }
 
     /// The sink that records the tokens of a `201` answer to a `mechanism` request.

@@ -1,0 +1,449 @@
+//! Account-token validation: for each request, the token header is read, the route rules say
+//! what is required, and the token is checked — revocation first, then the configured mode
+//! (issued / signature / either / both), time, and the route's account or member binding.
+//!
+//! The answer is a [`Verdict`]: forward (with the validated identity), forward once to let the
+//! upstream decide on a token nobody here knows (`unknown = "upstream"`), or reject.
+
+mod identity;
+mod negative;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{header, HeaderMap, HeaderName, Method, StatusCode};
+
+use crate::config::{TokenMode, UnknownTokens};
+use crate::metrics::Metrics;
+use crate::scope::{Binding, Rules, TokenRequirement};
+use crate::store::{Fingerprint, Store, TokenRecord, TokenStore};
+use crate::token::claims;
+use crate::token::{TokenError, Verifier};
+
+pub use identity::IdentityHeaders;
+use negative::NegativeCache;
+
+/// Who a validated token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's fingerprint (for logout).
+    pub fingerprint: Fingerprint,
+    /// The account it is scoped to (`scope`).
+    pub account_id: Option<String>,
+    /// The account member (`sub`).
+    pub member_id: Option<String>,
+    /// When it stops being valid.
+    pub expires_at: SystemTime,
+}
+
+/// A token nobody here knows, forwarded once for the upstream to decide.
+#[derive(Debug, Clone)]
+pub struct Unknown {
+    fingerprint: Fingerprint,
+    /// What to record if the upstream accepts it (only on token-required routes, where the
+    /// upstream must have checked the token to answer 2xx).
+    learn: Option<TokenRecord>,
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// No checks apply (rule `off`): forward untouched.
+    Untouched,
+    /// Forward, telling the upstream the identity when there is one.
+    Forward(Option<Identity>),
+    /// Forward once; report the answer's status with [`Validator::settle`].
+    Defer(Unknown),
+    /// Answer with this; never forward.
+    Reject(Rejection),
+}
+
+/// Why a request was refused. Each maps to one status and `code` in `answer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// 401 with this `code` (`token_missing`, `token_expired`, …).
+    #[error("the account token is not valid here ({0})")]
+    Unauthorized(&'static str),
+    /// 403: valid token, another account in the path.
+    #[error("the account token is scoped to another account")]
+    ScopeMismatch,
+    /// 403: valid token, another member in the path.
+    #[error("the account token belongs to another account member")]
+    MemberMismatch,
+    /// 503: the store could not be asked and nothing else can decide.
+    #[error("the token store is unavailable")]
+    StoreUnavailable,
+    /// 400: a path the upstream could resolve to another account.
+    #[error("the path is not in normal form (dot segments, empty segments or encoded separators)")]
+    PathNotNormalized,
+}
+
+impl Rejection {
+    /// The JSON:API `code` and the `token_validations_total{reason}` label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejection::Unauthorized(code) => code,
+            Rejection::ScopeMismatch => "scope_mismatch",
+            Rejection::MemberMismatch => "member_mismatch",
+            Rejection::StoreUnavailable => "store_unavailable",
+            Rejection::PathNotNormalized => "path_not_normalized",
+        }
+    }
+
+    /// Every reason a rejection can give, for pre-initialising metric labels.
+    pub const REASONS: [&'static str; 14] = [
+        "token_missing",
+        "token_malformed",
+        "bad_signature",
+        "algorithm_not_allowed",
+        "token_expired",
+        "token_not_yet_valid",
+        "token_unknown",
+        "token_revoked",
+        "token_wrong_issuer",
+        "token_wrong_audience",
+        "scope_mismatch",
+        "member_mismatch",
+        "store_unavailable",
+        "path_not_normalized",
+    ];
+}
+
+/// Settings of the validator, from the configuration.
+pub struct ValidatorSettings {
+    pub mode: TokenMode,
+    pub unknown: UnknownTokens,
+    pub header: HeaderName,
+    pub leeway: Duration,
+    pub negative_ttl: Duration,
+    pub negative_max_entries: u64,
+    pub rules: Rules,
+    pub identity: IdentityHeaders,
+}
+
+/// Validates account tokens against the store and, in the signature modes, the keys.
+pub struct Validator {
+    settings: ValidatorSettings,
+    store: Arc<Store>,
+    verifier: Option<Arc<Verifier>>,
+    negative: NegativeCache,
+    metrics: Arc<Metrics>,
+}
+
+impl Validator {
+    /// A validator; `verifier` is required by the signature modes.
+    pub fn new(
+        settings: ValidatorSettings,
+        store: Arc<Store>,
+        verifier: Option<Arc<Verifier>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let negative = NegativeCache::new(settings.negative_max_entries, settings.negative_ttl);
+        Validator {
+            settings,
+            store,
+            verifier,
+            negative,
+            metrics,
+        }
+    }
+
+    /// The identity headers to set and strip.
+    pub fn identity_headers(&self) -> &IdentityHeaders {
+        &self.settings.identity
+    }
+
+    /// Decides on a `method` request to `path` carrying `headers`.
+    pub async fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Verdict {
+        // Browsers never attach credentials to a CORS preflight; the real request is checked.
+        if method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return Verdict::Untouched;
+        }
+        let decision = match self.settings.rules.decide(path) {
+            Ok(decision) => decision,
+            Err(_) => return self.rejected(Rejection::PathNotNormalized),
+        };
+        if decision.requirement == TokenRequirement::Off {
+            return Verdict::Untouched;
+        }
+        let token = match self.token(headers) {
+            Ok(Some(token)) => token,
+            Ok(None) if decision.requirement == TokenRequirement::Optional => {
+                self.count("accepted", "no_token");
+                return Verdict::Forward(None);
+            }
+            Ok(None) => return self.rejected(Rejection::Unauthorized("token_missing")),
+            Err(rejection) => return self.rejected(rejection),
+        };
+        let learns = decision.requirement == TokenRequirement::Required;
+        self.validate(token, decision.binding, learns).await
+    }
+
+    /// Validates the token of a request that must carry one but names no account in its path
+    /// (logout, account switch).
+    pub async fn check_token(&self, headers: &HeaderMap) -> Result<Identity, Rejection> {
+        let token = match self.token(headers) {
+            Ok(Some(token)) => token,
+            Ok(None) => return Err(self.reject(Rejection::Unauthorized("token_missing"))),
+            Err(rejection) => return Err(self.reject(rejection)),
+        };
+        match self.validate(token, None, false).await {
+            Verdict::Forward(Some(identity)) => Ok(identity),
+            Verdict::Reject(rejection) => Err(rejection),
+            // A token nobody here can vouch for cannot log anyone out or switch accounts.
+            Verdict::Defer(_) | Verdict::Forward(None) | Verdict::Untouched => {
+                Err(self.reject(Rejection::Unauthorized("token_unknown")))
+            }
+        }
+    }
+
+    /// Learns from the upstream's answer to a deferred token: a 2xx on a token-required route
+    /// records it, a 401/403 refuses it locally for `negative_ttl`.
+    pub async fn settle(&self, unknown: Unknown, status: StatusCode) {
+        if status.is_success() {
+            if let Some(record) = unknown.learn {
+                match self.store.record(record).await {
+                    Ok(()) => {
+                        self.count("accepted", "learned");
+                        self.metrics.store_entries.set(self.store.count() as i64);
+                    }
+                    Err(error) => tracing::warn!(%error, "learning a token failed"),
+                }
+            }
+        } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            self.negative.insert(unknown.fingerprint);
+            self.count("rejected", "upstream_refused");
+        }
+    }
+
+    /// Revokes every known token of `identity`'s member and the presented token itself; the
+    /// number newly revoked.
+    pub async fn revoke(&self, identity: &Identity) -> Result<u64, Rejection> {
+        let mut revoked = Vec::new();
+        if let Some(member) = &identity.member_id {
+            let records = self
+                .store
+                .revoke_member(member)
+                .await
+                .map_err(|_| Rejection::StoreUnavailable)?;
+            revoked.extend(records.into_iter().map(|r| r.fingerprint));
+        }
+        let newly = self
+            .store
+            .revoke(&identity.fingerprint, identity.expires_at)
+            .await
+            .map_err(|_| Rejection::StoreUnavailable)?;
+        let mut count = revoked.len() as u64;
+        if newly && !revoked.contains(&identity.fingerprint) {
+            count += 1;
+            revoked.push(identity.fingerprint);
+        }
+        if let Some(verifier) = &self.verifier {
+            for fingerprint in &revoked {
+                verifier.invalidate(fingerprint);
+            }
+        }
+        self.metrics.tokens_revoked_total.inc_by(count);
+        self.metrics.store_entries.set(self.store.count() as i64);
+        Ok(count)
+    }
+
+    /// The token in the configured header: `None` when absent or empty, an error when there
+    /// are several or it is not text.
+    fn token<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h str>, Rejection> {
+        let mut values = headers.get_all(&self.settings.header).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(Rejection::Unauthorized("token_malformed")),
+            (Some(value), None) => {
+                let token = value
+                    .to_str()
+                    .map_err(|_| Rejection::Unauthorized("token_malformed"))?
+                    .trim();
+                Ok((!token.is_empty()).then_some(token))
+            }
+        }
+    }
+
+    async fn validate(
+        &self,
+        token: &str,
+        binding: Option<(Binding, &str)>,
+        learns: bool,
+    ) -> Verdict {
+        let fingerprint = Fingerprint::of(token);
+        // Revocation beats everything: a valid signature or the upstream cannot bring it back.
+        match self.store.is_revoked(&fingerprint).await {
+            Ok(false) => {}
+            Ok(true) => return self.rejected(Rejection::Unauthorized("token_revoked")),
+            Err(_) => return self.rejected(Rejection::StoreUnavailable),
+        }
+        let mode = self.settings.mode;
+        let (issued, store_down) = if mode == TokenMode::Signature {
+            (None, false)
+        } else {
+            match self.store.lookup(&fingerprint).await {
+                Ok(record) => (record, false),
+                Err(_) => (None, true),
+            }
+        };
+
+        let (identity, reason) = match (mode, issued) {
+            (TokenMode::Issued | TokenMode::Either, Some(record)) => {
+                (identity_of(record), "issued")
+            }
+            (TokenMode::Issued, None) => {
+                return self.unknown(token, fingerprint, binding, learns, store_down)
+            }
+            (TokenMode::Signature, _) => match self.verify(token, fingerprint).await {
+                Ok(identity) => (identity, "signature"),
+                Err(error) => return self.rejected(Rejection::Unauthorized(error.code())),
+            },
+            (TokenMode::Either, None) => match self.verify(token, fingerprint).await {
+                Ok(identity) => (identity, "signature"),
+                // No key could decide: treat it as unknown rather than forged.
+                Err(TokenError::UnknownKey) => {
+                    return self.unknown(token, fingerprint, binding, learns, store_down)
+                }
+                Err(error) => return self.rejected(Rejection::Unauthorized(error.code())),
+            },
+            (TokenMode::Both, None) if store_down => {
+                return self.rejected(Rejection::StoreUnavailable)
+            }
+            (TokenMode::Both, None) => {
+                return self.rejected(Rejection::Unauthorized("token_unknown"))
+            }
+            (TokenMode::Both, Some(record)) => match self.verify(token, fingerprint).await {
+                Ok(_) => (identity_of(record), "issued_and_signature"),
+                Err(error) => return self.rejected(Rejection::Unauthorized(error.code())),
+            },
+        };
+        let claimed = bound(
+            binding,
+            identity.account_id.as_deref(),
+            identity.member_id.as_deref(),
+        );
+        if let Err(rejection) = claimed {
+            return self.rejected(rejection);
+        }
+        self.count("accepted", reason);
+        Verdict::Forward(Some(identity))
+    }
+
+    /// Verifies the signature with the configured keys.
+    async fn verify(&self, token: &str, fingerprint: Fingerprint) -> Result<Identity, TokenError> {
+        // The configuration refuses signature modes without keys; refuse rather than accept.
+        let Some(verifier) = &self.verifier else {
+            return Err(TokenError::UnknownKey);
+        };
+        let verified = verifier.verify(token).await?;
+        Ok(Identity {
+            fingerprint,
+            account_id: verified.account_id,
+            member_id: verified.member_id,
+            expires_at: verified.expires_at,
+        })
+    }
+
+    /// A token the store does not know, under `unknown = "upstream"` checked locally and
+    /// deferred to the upstream.
+    fn unknown(
+        &self,
+        token: &str,
+        fingerprint: Fingerprint,
+        binding: Option<(Binding, &str)>,
+        learns: bool,
+        store_down: bool,
+    ) -> Verdict {
+        if self.settings.unknown == UnknownTokens::Reject {
+            return self.rejected(if store_down {
+                Rejection::StoreUnavailable
+            } else {
+                Rejection::Unauthorized("token_unknown")
+            });
+        }
+        if self.negative.contains(&fingerprint) {
+            return self.rejected(Rejection::Unauthorized("token_unknown"));
+        }
+        let Ok(claims) = claims::peek(token) else {
+            return self.rejected(Rejection::Unauthorized("token_malformed"));
+        };
+        // `exp` is required and must be a number (the seed's first example has a string).
+        let Some(exp) = claims.expires_at() else {
+            return self.rejected(Rejection::Unauthorized("token_malformed"));
+        };
+        let now = unix_now();
+        let leeway = self.settings.leeway.as_secs() as i64;
+        if exp.saturating_add(leeway) < now {
+            return self.rejected(Rejection::Unauthorized("token_expired"));
+        }
+        if let Some(nbf) = claims.nbf.as_ref().and_then(serde_json::Value::as_i64) {
+            if nbf.saturating_sub(leeway) > now {
+                return self.rejected(Rejection::Unauthorized("token_not_yet_valid"));
+            }
+        }
+        if let Err(rejection) = bound(binding, claims.account_id(), claims.member_id()) {
+            return self.rejected(rejection);
+        }
+        let learn = match (learns, claims.member_id(), claims.account_id()) {
+            (true, Some(member), Some(account)) => Some(TokenRecord {
+                fingerprint,
+                member_id: member.to_owned(),
+                account_id: account.to_owned(),
+                account_name: None,
+                expires_at: UNIX_EPOCH + Duration::from_secs(exp.max(0) as u64),
+            }),
+            _ => None,
+        };
+        self.count("deferred", "token_unknown");
+        Verdict::Defer(Unknown { fingerprint, learn })
+    }
+
+    fn rejected(&self, rejection: Rejection) -> Verdict {
+        Verdict::Reject(self.reject(rejection))
+    }
+
+    fn reject(&self, rejection: Rejection) -> Rejection {
+        self.count("rejected", rejection.code());
+        rejection
+    }
+
+    fn count(&self, outcome: &str, reason: &str) {
+        self.metrics
+            .token_validations_total
+            .with_label_values(&[outcome, reason])
+            .inc();
+    }
+}
+
+/// The identity of an issued token's record.
+fn identity_of(record: TokenRecord) -> Identity {
+    Identity {
+        fingerprint: record.fingerprint,
+        account_id: Some(record.account_id),
+        member_id: Some(record.member_id),
+        expires_at: record.expires_at,
+    }
+}
+
+/// Checks the route's binding: the path's account or member must be the token's.
+fn bound(
+    binding: Option<(Binding, &str)>,
+    account_id: Option<&str>,
+    member_id: Option<&str>,
+) -> Result<(), Rejection> {
+    match binding {
+        None => Ok(()),
+        Some((Binding::Account, id)) if account_id == Some(id) => Ok(()),
+        Some((Binding::Account, _)) => Err(Rejection::ScopeMismatch),
+        Some((Binding::Member, id)) if member_id == Some(id) => Ok(()),
+        Some((Binding::Member, _)) => Err(Rejection::MemberMismatch),
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
