@@ -108,19 +108,26 @@ Try it in another shell (bash; needs curl and python3):
 # --- walkthrough ---
 GW=http://{gateway}; ADMIN=http://{admin}
 json() {{ python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }}
+signup() {{ curl -s $GW/v2/account-members/tokens -H "Authorization: Bearer $ACCESS" -H 'Content-Type: application/json' -d '{{"data":{{"type":"account_management_authentication_token","authentication_mechanism":"self_signup","password_profile_id":"{profile}","username":"'$1'","password":"correct horse battery","name":"Demo Shopper","email":"'$1'"}}}}'; }}
 # 1. A storefront access token (implicit grant), through the gateway:
 ACCESS=$(curl -s $GW/oauth/access_token -d grant_type=implicit -d client_id={client_id} | json 'd["access_token"]')
 # 2. Self sign-up: the gateway checks the request, forwards it and learns the issued token.
-SIGNUP=$(curl -s $GW/v2/account-members/tokens -H "Authorization: Bearer $ACCESS" -H 'Content-Type: application/json' -d '{{"data":{{"type":"account_management_authentication_token","authentication_mechanism":"self_signup","password_profile_id":"{profile}","username":"demo-'$RANDOM'@example.com","password":"correct horse battery","name":"Demo Shopper","email":"demo@example.com"}}}}')
+SIGNUP=$(signup ann-$RANDOM@example.com)
 TOKEN=$(echo "$SIGNUP" | json 'd["data"][0]["token"]'); ACCOUNT=$(echo "$SIGNUP" | json 'd["data"][0]["account_id"]')
 echo "account $ACCOUNT"
-# 3. Read the account with its token:
+# 3. Read the account with its token (200):
 curl -s $GW/v2/accounts/$ACCOUNT -H "Authorization: Bearer $ACCESS" -H "EP-Account-Management-Authentication-Token: $TOKEN"; echo
-# 4. The same call with a tampered token is refused (401):
+# 4. A tampered token is refused by the gateway (401), never reaching the upstream:
 BAD="${{TOKEN%.*}}.$(echo "${{TOKEN##*.}}" | tr 'A-Za-z' 'B-ZAb-za')"
-curl -s -o /dev/null -w '%{{http_code}}\n' $GW/v2/accounts/$ACCOUNT -H "Authorization: Bearer $ACCESS" -H "EP-Account-Management-Authentication-Token: $BAD"
-# 5. What Prometheus sees:
-curl -s $ADMIN/metrics | grep '^account_gate_requests_total' | grep -v ' 0$'
+curl -s -w ' %{{http_code}}\n' $GW/v2/accounts/$ACCOUNT -H "Authorization: Bearer $ACCESS" -H "EP-Account-Management-Authentication-Token: $BAD"
+# 5. Another shopper's account with this token: 403, the classic IDOR stopped.
+OTHER=$(signup bob-$RANDOM@example.com | json 'd["data"][0]["account_id"]')
+curl -s -w ' %{{http_code}}\n' $GW/v2/accounts/$OTHER -H "Authorization: Bearer $ACCESS" -H "EP-Account-Management-Authentication-Token: $TOKEN"
+# 6. Log out (the Commerce API has no logout; the gateway does), then the token is dead (401):
+curl -s -o /dev/null -w '%{{http_code}}\n' -X DELETE $GW/v2/account-members/tokens -H "EP-Account-Management-Authentication-Token: $TOKEN"
+curl -s -w ' %{{http_code}}\n' $GW/v2/accounts/$ACCOUNT -H "Authorization: Bearer $ACCESS" -H "EP-Account-Management-Authentication-Token: $TOKEN"
+# 7. What Prometheus sees:
+curl -s $ADMIN/metrics | grep -E '^account_gate_(requests|token_validations|tokens_issued|tokens_revoked)' | grep -v ' 0$'
 # --- end ---
 
 Stop with Ctrl-C."#

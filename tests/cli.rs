@@ -256,6 +256,39 @@ fn demo_comes_up_and_its_walkthrough_works() {
         account["data"]["id"],
         lines[0].trim_start_matches("account ")
     );
-    assert_eq!(lines[2], "401", "the tampered token is refused");
-    assert!(stdout.contains("account_gate_requests_total{code_class=\"2xx\",route=\"signup\"} 1"));
+    let code = |line: &str| {
+        let (body, status) = line.rsplit_once(' ').expect("body and status");
+        let body: serde_json::Value = serde_json::from_str(body).expect("JSON:API error");
+        (
+            status.to_owned(),
+            body["errors"][0]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    assert_eq!(
+        code(lines[2]),
+        ("401".into(), "token_unknown".into()),
+        "tampered"
+    );
+    assert_eq!(
+        code(lines[3]),
+        ("403".into(), "scope_mismatch".into()),
+        "IDOR"
+    );
+    assert_eq!(lines[4], "204", "logout");
+    assert_eq!(
+        code(lines[5]),
+        ("401".into(), "token_revoked".into()),
+        "after logout"
+    );
+    assert!(
+        stdout.contains("account_gate_requests_total{code_class=\"2xx\",route=\"signup\"} 3"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("account_gate_tokens_revoked_total 1"),
+        "{stdout}"
+    );
 }

@@ -62,7 +62,7 @@ pub enum Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     /// 401 with this `code` (`token_missing`, `token_expired`, …).
-    #[error("the account token is not valid here ({0})")]
+    #[error("{}", unauthorized_detail(.0))]
     Unauthorized(&'static str),
     /// 403: valid token, another account in the path.
     #[error("the account token is scoped to another account")]
@@ -76,6 +76,23 @@ pub enum Rejection {
     /// 400: a path the upstream could resolve to another account.
     #[error("the path is not in normal form (dot segments, empty segments or encoded separators)")]
     PathNotNormalized,
+}
+
+/// The human `detail` of a 401, by its code.
+fn unauthorized_detail(code: &str) -> &'static str {
+    match code {
+        "token_missing" => "an account management token is required",
+        "token_malformed" => "the account management token is not a well-formed token",
+        "bad_signature" => "the account management token's signature is not valid",
+        "algorithm_not_allowed" => {
+            "the account management token is signed with an algorithm that is not accepted"
+        }
+        "token_expired" => "the account management token has expired",
+        "token_not_yet_valid" => "the account management token is not valid yet",
+        "token_unknown" => "the account management token was not issued to this storefront",
+        "token_revoked" => "the account management token has been revoked (logged out)",
+        _ => "the account management token is not valid",
+    }
 }
 
 impl Rejection {
