@@ -12,9 +12,9 @@ mod listener;
 mod upstream;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -72,6 +72,29 @@ impl RouteClass {
     }
 }
 
+/// What became of one request, for its access-log line and metrics.
+#[derive(Debug, Clone, Copy)]
+struct Exchange {
+    route: RouteClass,
+    /// `forwarded`, `rejected` (refused by the gateway), `failed` (upstream) or `answered`.
+    outcome: &'static str,
+    /// A code from a fixed set: the refusal's `code`, or how a forwarded request was judged.
+    reason: &'static str,
+    /// How long the upstream took to answer, when it was asked.
+    upstream: Option<Duration>,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange {
+            route: RouteClass::Passthrough,
+            outcome: "forwarded",
+            reason: "-",
+            upstream: None,
+        }
+    }
+}
+
 /// State shared by every connection of the data plane.
 pub struct Gateway {
     upstream: Upstream,
@@ -120,25 +143,35 @@ impl Gateway {
         let started = Instant::now();
         let request_id = headers::request_id(request.headers());
         let method = request.method().clone();
+        let client = headers::client_ip(peer.ip(), request.headers(), self.trusted_hops);
+        let mut exchange = Exchange::default();
 
-        let (route, answer) = if self.is_token_endpoint(&request) {
-            let answer = if method == Method::DELETE {
-                self.logout(request).await
+        let answer = if self.is_token_endpoint(&request) {
+            exchange.route = RouteClass::Signup;
+            if method == Method::DELETE {
+                self.logout(request, &mut exchange).await
             } else {
-                self.token_request(request, peer, &request_id).await
-            };
-            (RouteClass::Signup, answer)
+                self.token_request(request, peer, client, &request_id, &mut exchange)
+                    .await
+            }
         } else {
-            self.account_request(request, peer, &request_id).await
+            self.account_request(request, peer, &request_id, &mut exchange)
+                .await
         };
         let mut response = match answer {
             Ok(response) => response,
             Err(error) => {
                 self.count_error(&error);
-                tracing::warn!(request_id = ?request_id, %error, "answered by the gateway");
+                let (_, code) = error.status_and_code();
+                exchange.outcome = match error {
+                    GatewayError::Upstream(_) => "failed",
+                    _ => "rejected",
+                };
+                exchange.reason = code;
                 error.into_response()
             }
         };
+        let route = exchange.route;
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -153,14 +186,19 @@ impl Gateway {
             .request_duration_seconds
             .with_label_values(&[route.as_str()])
             .observe(elapsed.as_secs_f64());
+        // One line per request. Never a header value, a body or a query string: they can hold
+        // tokens, passwords and secrets.
         tracing::info!(
             target: "access",
             request_id = request_id.to_str().unwrap_or("-"),
             %method,
             route = route.as_str(),
             status = status.as_u16(),
+            outcome = exchange.outcome,
+            reason = exchange.reason,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            client = %peer.ip(),
+            upstream_ms = exchange.upstream.map(|d| d.as_secs_f64() * 1000.0),
+            client = %client,
         );
         Ok(response)
     }
@@ -172,41 +210,59 @@ impl Gateway {
         request: Request<Incoming>,
         peer: SocketAddr,
         request_id: &HeaderValue,
-    ) -> (RouteClass, Result<Response<Body>, GatewayError>) {
+        exchange: &mut Exchange,
+    ) -> Result<Response<Body>, GatewayError> {
         let verdict = self
             .validator
             .check(request.method(), request.uri().path(), request.headers())
             .await;
         let (mut parts, body) = request.into_parts();
         let identity_headers = self.validator.identity_headers();
-        let (route, deferred) = match verdict {
-            Verdict::Untouched => (RouteClass::Passthrough, None),
+        let deferred = match verdict {
+            Verdict::Untouched => {
+                exchange.reason = "unchecked";
+                None
+            }
             Verdict::Forward(None) => {
                 identity_headers.apply(&mut parts.headers, None);
-                (RouteClass::Passthrough, None)
+                exchange.reason = "no_token";
+                None
             }
             Verdict::Forward(Some(identity)) => {
                 identity_headers.apply(&mut parts.headers, Some(&identity));
-                (RouteClass::Scoped, None)
+                exchange.route = RouteClass::Scoped;
+                exchange.reason = "token_valid";
+                None
             }
             Verdict::Defer(unknown) => {
                 identity_headers.apply(&mut parts.headers, None);
-                (RouteClass::Scoped, Some(unknown))
+                exchange.route = RouteClass::Scoped;
+                exchange.reason = "token_unknown_deferred";
+                Some(unknown)
             }
-            Verdict::Reject(rejection) => return (RouteClass::Scoped, Err(rejection.into())),
+            Verdict::Reject(rejection) => {
+                exchange.route = RouteClass::Scoped;
+                return Err(rejection.into());
+            }
         };
-        let answer = self
-            .forward(parts, streamed(body), peer, request_id, route)
-            .await;
-        if let (Some(unknown), Ok(response)) = (deferred, &answer) {
+        let response = self
+            .forward(parts, streamed(body), peer, request_id, exchange)
+            .await?;
+        if let Some(unknown) = deferred {
             self.validator.settle(unknown, response.status()).await;
         }
-        (route, answer.map(|response| response.map(streamed)))
+        Ok(response.map(streamed))
     }
 
     /// `DELETE` on the token endpoint: revokes every token of the presented token's member.
-    async fn logout(&self, request: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    async fn logout(
+        &self,
+        request: Request<Incoming>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Body>, GatewayError> {
         let identity = self.validator.check_token(request.headers()).await?;
+        exchange.outcome = "answered";
+        exchange.reason = "logout";
         let revoked = self.validator.revoke(&identity).await?;
         tracing::info!(
             member = identity.member_id.as_deref().unwrap_or("-"),
@@ -223,10 +279,11 @@ impl Gateway {
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
+        client: IpAddr,
         request_id: &HeaderValue,
+        exchange: &mut Exchange,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
-        let client = headers::client_ip(peer.ip(), &parts.headers, self.trusted_hops);
         let (bytes, checked) = match self.signup.admit(&parts.headers, body, client).await {
             Ok(admitted) => admitted,
             Err((mechanism, error)) => {
@@ -242,6 +299,7 @@ impl Gateway {
             }
         };
         let mechanism = Some(checked.mechanism);
+        exchange.reason = checked.mechanism.as_str();
         if checked.mechanism == Mechanism::SwitchAccount {
             // Switching accounts needs a valid current token, like any account request.
             if let Err(rejection) = self.validator.check_token(&parts.headers).await {
@@ -253,13 +311,7 @@ impl Gateway {
         // answers are a few KiB, so asking for them uncompressed costs nothing.
         parts.headers.remove(header::ACCEPT_ENCODING);
         let response = self
-            .forward(
-                parts,
-                full_body(bytes),
-                peer,
-                request_id,
-                RouteClass::Signup,
-            )
+            .forward(parts, full_body(bytes), peer, request_id, exchange)
             .await
             .inspect_err(|_| self.signup.count(mechanism, Outcome::UpstreamError))?;
         let status = response.status();
@@ -289,7 +341,7 @@ impl Gateway {
         body: Body,
         peer: SocketAddr,
         request_id: &HeaderValue,
-        route: RouteClass,
+        exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, GatewayError> {
         // HTTP/2 clients send `:authority` instead of `Host`.
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -308,10 +360,12 @@ impl Gateway {
 
         let sent = Instant::now();
         let answer = self.upstream.send(outbound).await;
+        let took = sent.elapsed();
+        exchange.upstream = Some(took);
         self.metrics
             .upstream_duration_seconds
-            .with_label_values(&[route.as_str()])
-            .observe(sent.elapsed().as_secs_f64());
+            .with_label_values(&[exchange.route.as_str()])
+            .observe(took.as_secs_f64());
         let mut response = answer?;
         headers::strip_hop_by_hop(response.headers_mut());
         Ok(response)
