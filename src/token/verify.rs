@@ -5,7 +5,9 @@
 //! 2. three strict base64url segments, a JSON-object header whose `alg` is exactly one of the
 //!    pinned algorithms and which has no `crit` ([`jws`](super::jws));
 //! 3. the claim types (`exp` a number, …), so a string `exp` is a clear refusal, never a crash;
-//! 4. the signature, with keys of the token's algorithm family only, chosen by `kid`;
+//! 4. the signature, with keys of the token's algorithm family only: the secret and the PEM keys
+//!    (which have no `kid` and are tried for any token of their family), then the JWKS keys
+//!    named by the token's `kid` (all of the family when it has none);
 //! 5. `exp`/`nbf`/`iat` with leeway, then `iss`/`aud` when configured.
 //!
 //! A forged token therefore reads `bad_signature` whatever its claims say.
@@ -42,7 +44,8 @@ pub struct SignatureSettings {
     pub jwks_ca_file: Option<PathBuf>,
     /// Interval between scheduled JWKS fetches.
     pub jwks_refresh: Duration,
-    /// Least time between two JWKS fetches caused by unknown `kid`s.
+    /// Least time since the previous JWKS fetch before an unknown `kid` may cause another.
+    /// Zero disables the cooldown (concurrent misses still share one fetch).
     pub jwks_cooldown: Duration,
     /// Bound on one JWKS fetch, connect to last byte.
     pub jwks_timeout: Duration,
@@ -207,7 +210,9 @@ impl Verifier {
         Ok(verified.token)
     }
 
-    /// Drops a token's cache entry (revocation); its next use is verified again.
+    /// Drops a token's cache entry (revocation); its next use is verified again. A
+    /// verification already in flight may still store its entry afterwards, so the store's
+    /// deny-list, checked on every request, stays the authority on revocation.
     pub fn invalidate(&self, fp: &Fingerprint) {
         self.inner.cache.invalidate(fp);
     }
