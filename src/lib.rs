@@ -15,6 +15,7 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own listener.
 //! - [`metrics`]: every Prometheus metric, declared once.
 //! - [`logging`]: text or JSON log lines.
+//! - [`tls`]: rustls client settings shared by the upstream and JWKS clients.
 //! - [`emulator`]: an in-process Commerce API stand-in for the demo, tests and benchmarks.
 //! - [`demo`] and [`cli`]: what the subcommands of `main.rs` do.
 //!
@@ -42,6 +43,7 @@ pub mod scope;
 pub mod server;
 pub mod signup;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod validator;
 

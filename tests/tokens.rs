@@ -275,9 +275,8 @@ async fn unknown_tokens_are_checked_locally_before_the_upstream_is_asked() {
         "token_expired",
     );
     // The seed's first example: `exp` as an ISO string.
-    let string_exp = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJleHAiOiIyMDIxLTAzLTE2VDE5OjM2OjExLjA3MFoiLCJpYXQiOiIyMDIxLTAzLTE1VDE5OjM2OjExLjA3MFoiLCJzY29wZSI6IjFjNDVlNGVjLTI2ZTAtNDA0My04NmU0LWMxNWI5Y2Y5ODVhMyIsInN1YiI6IjFjNDVlNGVjLTI2ZTAtNDA0My04NmU0LWMxNWI5Y2Y5ODVhMiJ9.ytQ3UutTl_RJ8NiB1xN29Ta23p-FXsYOhcUM7MUQ4CM";
     assert_refused(
-        &api.scoped_get(path, string_exp).await,
+        &api.scoped_get(path, common::keys::SEED_STRING_EXP).await,
         StatusCode::UNAUTHORIZED,
         "token_malformed",
     );

@@ -1,7 +1,6 @@
 //! The forwarding client: one pooled hyper client to the configured upstream, over plain TCP or
 //! rustls, with connect and response-head timeouts.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -132,33 +131,12 @@ impl Upstream {
     }
 }
 
-/// rustls client settings: the system's roots plus `upstream.ca_file`, ring as the provider.
+/// rustls client settings for the upstream: the system's roots plus `upstream.ca_file`.
 fn tls_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamSetupError> {
-    let mut roots = rustls::RootCertStore::empty();
-    // A machine without a system store (scratch containers) still works with `ca_file`.
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::debug!(%error, "skipping unreadable system certificate");
-    }
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = &config.ca_file {
-        use rustls_pki_types::pem::PemObject;
-        let ca_error = |reason: String| UpstreamSetupError::CaFile {
-            path: path.display().to_string(),
-            reason,
-        };
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| ca_error(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ca_error(e.to_string()))?;
-        let (added, _) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(ca_error("no usable certificate in the file".to_owned()));
+    crate::tls::client_config(config.ca_file.as_deref()).map_err(|error| match error {
+        crate::tls::TlsError::CaFile { path, reason } => {
+            UpstreamSetupError::CaFile { path, reason }
         }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        crate::tls::TlsError::Rustls(e) => UpstreamSetupError::Tls(e),
+    })
 }

@@ -79,7 +79,14 @@ pub fn peek(token: &str) -> Result<Claims, MalformedToken> {
     let payload = URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|_| MalformedToken::Encoding)?;
-    serde_json::from_slice::<Claims>(&payload).map_err(|_| MalformedToken::Payload)
+    // serde reads a struct from a JSON array too (`[null, null, 5]` as `exp = 5`); a payload is
+    // an object or nothing.
+    match serde_json::from_slice::<Value>(&payload) {
+        Ok(object @ Value::Object(_)) => {
+            serde_json::from_value::<Claims>(object).map_err(|_| MalformedToken::Payload)
+        }
+        _ => Err(MalformedToken::Payload),
+    }
 }
 
 #[cfg(test)]
@@ -114,5 +121,7 @@ mod tests {
         assert_eq!(peek("a..c"), Err(MalformedToken::Segments));
         assert_eq!(peek("a.!!!.c"), Err(MalformedToken::Encoding));
         assert_eq!(peek("a.bnVsbA.c"), Err(MalformedToken::Payload));
+        // `[null,null,5]`: an array is not a claims object.
+        assert_eq!(peek("a.W251bGwsbnVsbCw1XQ.c"), Err(MalformedToken::Payload));
     }
 }

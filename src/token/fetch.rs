@@ -3,7 +3,6 @@
 //! the system roots plus an optional extra CA.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -103,34 +102,10 @@ impl Fetcher {
     }
 }
 
-/// rustls client settings: system roots plus `jwks_ca_file`, ring as the provider. The same
-/// shape as the upstream client's (`proxy::upstream`), kept separate because that one is built
-/// from the upstream's config section.
+/// rustls client settings for the JWKS endpoint: system roots plus `jwks_ca_file`.
 fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, KeyError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::debug!(%error, "skipping unreadable system certificate");
-    }
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = ca_file {
-        use rustls_pki_types::pem::PemObject;
-        let ca_error = |reason: String| KeyError::JwksCa {
-            path: path.display().to_string(),
-            reason,
-        };
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| ca_error(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ca_error(e.to_string()))?;
-        let (added, _) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(ca_error("no usable certificate in the file".to_owned()));
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    crate::tls::client_config(ca_file).map_err(|error| match error {
+        crate::tls::TlsError::CaFile { path, reason } => KeyError::JwksCa { path, reason },
+        crate::tls::TlsError::Rustls(e) => KeyError::Tls(e),
+    })
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the fixtures
 
 pub mod commerce;
+pub mod keys;
 pub mod raw;
 pub mod upstream;
 
@@ -163,12 +164,21 @@ pub fn json(body: &[u8]) -> serde_json::Value {
 }
 
 /// Polls `condition` every 10 ms until it holds, failing after 10 s.
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+pub async fn wait_until<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    eventually(what, Duration::from_secs(10), condition).await
+}
+
+/// Polls `condition` every 10 ms until it holds, failing after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
     while !condition().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -158,7 +158,7 @@ async fn echo(
 }
 
 /// A TLS acceptor for 127.0.0.1 and the PEM of the CA that signed it.
-fn test_tls() -> (tokio_rustls::TlsAcceptor, String) {
+pub fn test_tls() -> (tokio_rustls::TlsAcceptor, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().expect("ca key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
