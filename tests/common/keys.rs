@@ -115,6 +115,11 @@ impl TestKey {
         sign_as(self.alg, &self.signing, header, claims)
     }
 
+    /// A valid token signed as `alg` with this key (for algorithms outside the pinned list).
+    pub fn sign_with(&self, alg: Algorithm) -> String {
+        sign_as(alg, &self.signing, json!({}), claims())
+    }
+
     /// A normal, valid token with this `kid`.
     pub fn token(&self, kid: Option<&str>) -> String {
         let header = kid.map_or(json!({}), |kid| json!({ "kid": kid }));
