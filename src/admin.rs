@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::admin_api::AdminApi;
 use crate::answer::json_api_error;
 use crate::metrics::Metrics;
 use crate::proxy::{full_body, Body};
@@ -56,6 +57,8 @@ pub struct Admin {
     pub verifier: Option<Arc<Verifier>>,
     /// Reported at `/readyz`.
     pub health: Arc<Health>,
+    /// The member-token API, when an admin token is configured.
+    pub api: Option<AdminApi>,
 }
 
 impl Admin {
@@ -64,6 +67,11 @@ impl Admin {
         self: Arc<Self>,
         request: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
+        if let Some(api) = &self.api {
+            if let Some(response) = api.answer(&request).await {
+                return Ok(response);
+            }
+        }
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return Ok(json_api_error(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -12,7 +12,8 @@
 //! - [`scope`]: route rules — which paths need a token, which segment must match which claim.
 //! - [`validator`]: the decision on each account-scoped request (modes, unknown tokens,
 //!   revocation, identity headers).
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own listener.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own listener; [`admin_api`]: the
+//!   member-token listing and revocation behind the admin token.
 //! - [`metrics`]: every Prometheus metric, declared once.
 //! - [`logging`]: text or JSON log lines.
 //! - [`tls`]: rustls client settings shared by the upstream and JWKS clients.
@@ -31,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_api;
 pub mod answer;
 pub mod cli;
 pub mod config;

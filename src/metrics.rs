@@ -147,11 +147,9 @@ impl Metrics {
         registry.register(Box::new(upstream_errors_total.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         #[cfg(target_os = "linux")]
+        // No namespace of its own: the registry's prefix makes `account_gate_process_*`.
         registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::new(
-                std::process::id() as i32,
-                "account_gate",
-            ),
+            prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
 
         build_info

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, Health};
+use crate::admin_api::AdminApi;
 use crate::config::Config;
 use crate::config::{SecretError, SecretRef};
 use crate::metrics::Metrics;
@@ -85,12 +86,25 @@ impl Server {
         } else {
             None
         };
-        let validator = Validator::new(
+        let validator = Arc::new(Validator::new(
             validator_settings(&config),
             store.clone(),
             verifier.clone(),
             metrics.clone(),
-        );
+        ));
+        let api = match &config.admin.token {
+            None => None,
+            Some(reference) => {
+                let key = match reference {
+                    SecretRef::Env(_) => "admin.token_env",
+                    SecretRef::File(_) => "admin.token_file",
+                };
+                let token = reference
+                    .resolve()
+                    .map_err(|source| StartError::Secret { key, source })?;
+                Some(AdminApi::new(&token, store.clone(), validator.clone()))
+            }
+        };
         let signup = Signup::new(signup_settings(&config), store.clone(), metrics.clone());
         let gateway = Arc::new(Gateway::new(
             upstream,
@@ -101,6 +115,7 @@ impl Server {
             metrics.clone(),
         ));
         let admin = Arc::new(Admin {
+            api,
             verifier,
             metrics,
             health: Arc::new(Health::default()),

@@ -99,7 +99,7 @@ impl Default for Exchange {
 pub struct Gateway {
     upstream: Upstream,
     signup: Signup,
-    validator: Validator,
+    validator: Arc<Validator>,
     /// `signup.path`: `POST` here is a token request.
     signup_path: String,
     /// `server.trusted_hops`, for the client IP of rate limits.
@@ -113,7 +113,7 @@ impl Gateway {
     pub fn new(
         upstream: Upstream,
         signup: Signup,
-        validator: Validator,
+        validator: Arc<Validator>,
         signup_path: String,
         trusted_hops: usize,
         metrics: Arc<Metrics>,

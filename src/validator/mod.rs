@@ -234,36 +234,48 @@ impl Validator {
         }
     }
 
-    /// Revokes every known token of `identity`'s member and the presented token itself; the
-    /// number newly revoked.
+    /// Logout: revokes every known token of `identity`'s member and the presented token itself
+    /// (which the store may not know, in the signature modes); the number newly revoked.
     pub async fn revoke(&self, identity: &Identity) -> Result<u64, Rejection> {
-        let mut revoked = Vec::new();
-        if let Some(member) = &identity.member_id {
-            let records = self
-                .store
-                .revoke_member(member)
-                .await
-                .map_err(|_| Rejection::StoreUnavailable)?;
-            revoked.extend(records.into_iter().map(|r| r.fingerprint));
-        }
+        let mut revoked = match &identity.member_id {
+            Some(member) => self.revoke_member(member).await?,
+            None => 0,
+        };
         let newly = self
             .store
             .revoke(&identity.fingerprint, identity.expires_at)
             .await
             .map_err(|_| Rejection::StoreUnavailable)?;
-        let mut count = revoked.len() as u64;
-        if newly && !revoked.contains(&identity.fingerprint) {
-            count += 1;
-            revoked.push(identity.fingerprint);
+        if newly {
+            revoked += 1;
+            self.revoked(&[identity.fingerprint]);
         }
+        Ok(revoked)
+    }
+
+    /// Revokes every known token of `member`; the number revoked.
+    pub async fn revoke_member(&self, member: &str) -> Result<u64, Rejection> {
+        let records = self
+            .store
+            .revoke_member(member)
+            .await
+            .map_err(|_| Rejection::StoreUnavailable)?;
+        let fingerprints: Vec<Fingerprint> = records.iter().map(|r| r.fingerprint).collect();
+        self.revoked(&fingerprints);
+        Ok(fingerprints.len() as u64)
+    }
+
+    /// Bookkeeping after revocation: the verified cache forgets, the metrics count.
+    fn revoked(&self, fingerprints: &[Fingerprint]) {
         if let Some(verifier) = &self.verifier {
-            for fingerprint in &revoked {
+            for fingerprint in fingerprints {
                 verifier.invalidate(fingerprint);
             }
         }
-        self.metrics.tokens_revoked_total.inc_by(count);
+        self.metrics
+            .tokens_revoked_total
+            .inc_by(fingerprints.len() as u64);
         self.metrics.store_entries.set(self.store.count() as i64);
-        Ok(count)
     }
 
     /// The token in the configured header: `None` when absent or empty, an error when there
