@@ -9,11 +9,12 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::admin_api::AdminApi;
+use arc_swap::ArcSwap;
+
 use crate::answer::json_api_error;
+use crate::generation::Generation;
 use crate::metrics::Metrics;
 use crate::proxy::{full_body, Body};
-use crate::token::Verifier;
 
 /// Whether the gateway should receive traffic. Starts not ready; turns ready once every
 /// listener is up and turns unready for good at the first shutdown signal.
@@ -53,12 +54,11 @@ impl Health {
 pub struct Admin {
     /// Exported at `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Keeps the verified-cache counters that `/metrics` exports, in the signature modes.
-    pub verifier: Option<Arc<Verifier>>,
     /// Reported at `/readyz`.
     pub health: Arc<Health>,
-    /// The member-token API, when an admin token is configured.
-    pub api: Option<AdminApi>,
+    /// The current generation: its verifier keeps the verified-cache counters that `/metrics`
+    /// exports, and its admin API (when an admin token is configured) answers `/members/…`.
+    pub current: Arc<ArcSwap<Generation>>,
 }
 
 impl Admin {
@@ -67,7 +67,8 @@ impl Admin {
         self: Arc<Self>,
         request: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
-        if let Some(api) = &self.api {
+        let generation = self.current.load_full();
+        if let Some(api) = &generation.api {
             if let Some(response) = api.answer(&request).await {
                 return Ok(response);
             }
@@ -81,7 +82,7 @@ impl Admin {
         }
         let response = match request.uri().path() {
             "/metrics" => {
-                if let Some(verifier) = &self.verifier {
+                if let Some(verifier) = &generation.verifier {
                     self.metrics
                         .sync_verified_cache(verifier.cache_hits(), verifier.cache_misses());
                 }

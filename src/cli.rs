@@ -61,7 +61,7 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
     };
     runtime.block_on(async move {
         let server = match Server::bind(config).await {
-            Ok(server) => server,
+            Ok(server) => server.with_config_file(path.to_owned()),
             Err(error) => {
                 tracing::error!(%error, "cannot start");
                 return ExitCode::FAILURE;

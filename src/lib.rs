@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`config`]: the TOML schema, environment overrides and validation; the internal [`Config`].
-//! - [`server`]: binds the listeners, runs them, and shuts down gracefully.
+//! - [`server`]: binds the listeners, runs them, and shuts down gracefully; [`generation`]: the
+//!   request-handling state built from one configuration; [`reload`]: swapping in a new one.
 //! - [`proxy`]: the data plane — accept loop, per-request handler, forwarding client, headers.
 //! - [`answer`]: the one place where a refusal or failure becomes a JSON:API answer.
 //! - [`signup`]: checks token requests, rate-limits them, and learns the tokens issued.
@@ -38,9 +39,11 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod emulator;
+pub mod generation;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod scope;
 pub mod server;
 pub mod signup;

@@ -18,6 +18,16 @@ pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Upstream failure kinds: the only values the `upstream_errors_total{kind}` label takes.
 pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "failed"];
 
+/// Token-store operations: the values the `store_errors_total{op}` label takes.
+pub const STORE_OPS: [&str; 6] = [
+    "record",
+    "lookup",
+    "is_revoked",
+    "list_member",
+    "revoke",
+    "revoke_member",
+];
+
 /// Latency buckets from 100 µs to 30 s, roughly ×2.5 apart.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
@@ -50,6 +60,10 @@ pub struct Metrics {
     pub verified_cache_misses_total: IntCounter,
     /// `tokens_revoked_total`: tokens put on the deny-list (logout, admin API).
     pub tokens_revoked_total: IntCounter,
+    /// `config_reloads_total{outcome}`: configuration reloads, `success` or `failure`.
+    pub config_reloads_total: IntCounterVec,
+    /// `store_errors_total{backend,op}`: token-store operations that failed.
+    pub store_errors_total: IntCounterVec,
     /// Serialises [`Metrics::sync_verified_cache`], which copies counters kept elsewhere.
     verified_sync: std::sync::Mutex<()>,
 }
@@ -133,6 +147,19 @@ impl Metrics {
             "tokens_revoked_total",
             "Account tokens revoked (logout, admin API).",
         )?;
+        let config_reloads_total = IntCounterVec::new(
+            Opts::new("config_reloads_total", "Configuration reloads by outcome."),
+            &["outcome"],
+        )?;
+        let store_errors_total = IntCounterVec::new(
+            Opts::new(
+                "store_errors_total",
+                "Token-store operations that failed, by backend and operation.",
+            ),
+            &["backend", "op"],
+        )?;
+        registry.register(Box::new(config_reloads_total.clone()))?;
+        registry.register(Box::new(store_errors_total.clone()))?;
         registry.register(Box::new(token_validations_total.clone()))?;
         registry.register(Box::new(verified_cache_hits_total.clone()))?;
         registry.register(Box::new(verified_cache_misses_total.clone()))?;
@@ -184,6 +211,12 @@ impl Metrics {
             token_validations_total.with_label_values(&["accepted", reason]);
         }
         token_validations_total.with_label_values(&["deferred", "token_unknown"]);
+        for outcome in ["success", "failure"] {
+            config_reloads_total.with_label_values(&[outcome]);
+        }
+        for op in STORE_OPS {
+            store_errors_total.with_label_values(&["memory", op]);
+        }
         for reason in Rejection::REASONS.iter().chain(&["upstream_refused"]) {
             token_validations_total.with_label_values(&["rejected", reason]);
         }
@@ -201,6 +234,8 @@ impl Metrics {
             verified_cache_hits_total,
             verified_cache_misses_total,
             tokens_revoked_total,
+            config_reloads_total,
+            store_errors_total,
             verified_sync: std::sync::Mutex::new(()),
         })
     }

@@ -1,26 +1,26 @@
-//! Start-up and shutdown of a whole gateway: bind both listeners, serve, and on the shutdown
-//! signal turn unready, keep accepting for `shutdown_delay`, then drain within `shutdown_grace`.
+//! Start-up, reload and shutdown of a whole gateway: bind both listeners, serve the current
+//! [`Generation`], swap in a new one on reload, and on the shutdown signal turn unready, keep
+//! accepting for `shutdown_delay`, then drain within `shutdown_grace`.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, Health};
-use crate::admin_api::AdminApi;
-use crate::config::Config;
-use crate::config::{SecretError, SecretRef};
+use crate::config::{Config, SecretError};
+use crate::generation::{Generation, Shared};
 use crate::metrics::Metrics;
-use crate::proxy::{self, Gateway, ListenerSettings, Upstream, UpstreamSetupError};
-use crate::scope::{Rule, Rules};
-use crate::signup::{RateLimits, Signup, SignupPolicy, SignupSettings};
+use crate::proxy::{self, ListenerSettings, UpstreamSetupError};
+use crate::reload::Reloader;
 use crate::store::{MemoryStore, MemoryStoreOptions, Store};
-use crate::token::{KeyError, SignatureSettings, Verifier};
-use crate::validator::{IdentityHeaders, Validator, ValidatorSettings};
+use crate::token::KeyError;
 
-/// Why the gateway could not start.
+/// Why the gateway could not start (or a configuration could not be put in force).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listener address is taken or not ours.
@@ -58,100 +58,81 @@ pub enum StartError {
 
 /// A gateway with its listeners bound, ready to [`run`](Server::run).
 pub struct Server {
-    config: Config,
     listener: TcpListener,
     admin_listener: TcpListener,
-    gateway: Arc<Gateway>,
-    admin: Arc<Admin>,
-    store: Arc<Store>,
+    shared: Shared,
+    /// The generation new requests are handled by; a reload swaps it.
+    current: Arc<ArcSwap<Generation>>,
+    health: Arc<Health>,
+    /// Where to reload the configuration from (SIGHUP, file changes).
+    config_path: Option<PathBuf>,
 }
 
 impl Server {
-    /// Binds the data and admin listeners and builds the shared state.
+    /// Binds the data and admin listeners and builds the first generation.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new()?);
-        let upstream = Upstream::new(&config.upstream)?;
         let listener = bind(config.server.listen).await?;
         let admin_listener = bind(config.server.admin_listen).await?;
-        let tokens = &config.tokens;
         let store = Arc::new(Store::Memory(MemoryStore::new(MemoryStoreOptions {
             // A deny entry must outlive every leeway-extended acceptance of its token.
-            revoked_grace: tokens
+            revoked_grace: config
+                .tokens
                 .leeway
                 .max(MemoryStoreOptions::default().revoked_grace),
             ..MemoryStoreOptions::with_max_entries(config.store.max_entries)
         })));
-        let verifier = if tokens.mode.checks_signatures() {
-            Some(Arc::new(Verifier::new(signature_settings(&config)?).await?))
-        } else {
-            None
-        };
-        let validator = Arc::new(Validator::new(
-            validator_settings(&config),
-            store.clone(),
-            verifier.clone(),
-            metrics.clone(),
-        ));
-        let api = match &config.admin.token {
-            None => None,
-            Some(reference) => {
-                let key = match reference {
-                    SecretRef::Env(_) => "admin.token_env",
-                    SecretRef::File(_) => "admin.token_file",
-                };
-                let token = reference
-                    .resolve()
-                    .map_err(|source| StartError::Secret { key, source })?;
-                Some(AdminApi::new(&token, store.clone(), validator.clone()))
-            }
-        };
-        let signup = Signup::new(signup_settings(&config), store.clone(), metrics.clone());
-        let gateway = Arc::new(Gateway::new(
-            upstream,
-            signup,
-            validator,
-            config.signup.path.clone(),
-            config.server.trusted_hops,
-            metrics.clone(),
-        ));
-        let admin = Arc::new(Admin {
-            api,
-            verifier,
-            metrics,
-            health: Arc::new(Health::default()),
-        });
+        let shared = Shared { metrics, store };
+        let generation = Generation::build(config, &shared, None).await?;
         Ok(Server {
-            config,
             listener,
             admin_listener,
-            gateway,
-            admin,
-            store,
+            shared,
+            current: Arc::new(ArcSwap::from_pointee(generation)),
+            health: Arc::new(Health::default()),
+            config_path: None,
         })
+    }
+
+    /// Reloads from `path` (on [`Reloader::reload`], SIGHUP, and when the file changes).
+    pub fn with_config_file(mut self, path: PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
+    }
+
+    /// A handle that reloads the configuration file; `None` without one.
+    pub fn reloader(&self) -> Option<Reloader> {
+        let path = self.config_path.clone()?;
+        Some(Reloader::new(
+            path,
+            self.shared.clone(),
+            self.current.clone(),
+        ))
     }
 
     /// The token store the gateway records into (for tests and embedding).
     pub fn store(&self) -> Arc<Store> {
-        self.store.clone()
+        self.shared.store.clone()
     }
 
     /// The data-plane address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
-            .unwrap_or(self.config.server.listen)
+            .unwrap_or(self.current.load().config.server.listen)
     }
 
     /// The admin address actually bound.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_listener
             .local_addr()
-            .unwrap_or(self.config.server.admin_listen)
+            .unwrap_or(self.current.load().config.server.admin_listen)
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let server = &self.config.server;
+        // Listener settings cannot change without a restart; they come from the first config.
+        let server = self.current.load().config.server.clone();
         let settings = ListenerSettings {
             max_connections: server.max_connections,
             header_read_timeout: server.header_read_timeout,
@@ -159,17 +140,22 @@ impl Server {
             shutdown_grace: server.shutdown_grace,
         };
         let (listen, admin_listen) = (self.local_addr(), self.admin_addr());
+        let reloader = self.reloader();
         let (stop_data, data_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
 
-        let gateway = self.gateway.clone();
+        let current = self.current.clone();
         let data_plane = tokio::spawn(proxy::serve(
             self.listener,
             settings.clone(),
-            move |request, peer| gateway.clone().handle(request, peer),
-            stopped(data_stopped),
+            move |request, peer| current.load().gateway.clone().handle(request, peer),
+            stopped(data_stopped.clone()),
         ));
-        let admin = self.admin.clone();
+        let admin = Arc::new(Admin {
+            metrics: self.shared.metrics.clone(),
+            health: self.health.clone(),
+            current: self.current.clone(),
+        });
         let admin_plane = tokio::spawn(proxy::serve(
             self.admin_listener,
             ListenerSettings {
@@ -179,16 +165,19 @@ impl Server {
             move |request, _peer| admin.clone().handle(request),
             stopped(admin_stopped),
         ));
-        self.admin.health.set_ready();
+        let watcher = reloader.map(|reloader| {
+            tokio::spawn(reloader.watch(server.config_poll_interval, stopped(data_stopped)))
+        });
+        self.health.set_ready();
         tracing::info!(
             listen = %listen,
             admin = %admin_listen,
-            upstream = %self.config.upstream.url,
+            upstream = %self.current.load().config.upstream.url,
             "account-gate ready"
         );
 
         shutdown.await;
-        self.admin.health.set_draining();
+        self.health.set_draining();
         tracing::info!(
             delay = ?server.shutdown_delay,
             "shutdown requested; readiness is now false, still accepting"
@@ -198,98 +187,14 @@ impl Server {
         if let Err(error) = data_plane.await {
             tracing::error!(%error, "data plane task failed");
         }
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
         let _ = stop_admin.send(true);
         if let Err(error) = admin_plane.await {
             tracing::error!(%error, "admin task failed");
         }
         tracing::info!("account-gate stopped");
-    }
-}
-
-/// The validator's settings from the configuration (already validated).
-fn validator_settings(config: &Config) -> ValidatorSettings {
-    let tokens = &config.tokens;
-    let configured = config
-        .routes
-        .iter()
-        .filter_map(|route| Rule::new(&route.path, route.token).ok())
-        .collect();
-    ValidatorSettings {
-        mode: tokens.mode,
-        unknown: tokens.unknown,
-        header: http::HeaderName::from_bytes(tokens.header.as_bytes()).unwrap_or_else(|_| {
-            http::HeaderName::from_static("ep-account-management-authentication-token")
-        }),
-        leeway: tokens.leeway,
-        negative_ttl: tokens.negative_ttl,
-        negative_max_entries: tokens.negative_max_entries,
-        rules: Rules::new(configured, &config.signup.path),
-        identity: IdentityHeaders::new(&tokens.account_id_header, &tokens.member_id_header),
-    }
-}
-
-/// The verifier's settings: secrets resolved and key files read.
-fn signature_settings(config: &Config) -> Result<SignatureSettings, StartError> {
-    let signature = &config.tokens.signature;
-    let hs256_secret = match signature.hs256_secret() {
-        None => None,
-        Some(reference) => {
-            let key = match reference {
-                SecretRef::Env(_) => "tokens.signature.hs256_secret_env",
-                SecretRef::File(_) => "tokens.signature.hs256_secret_file",
-            };
-            let secret = reference
-                .resolve()
-                .map_err(|source| StartError::Secret { key, source })?;
-            Some(secret.expose().as_bytes().to_vec())
-        }
-    };
-    let public_keys = match &signature.public_key_file {
-        None => Vec::new(),
-        Some(path) => vec![std::fs::read(path).map_err(|source| StartError::KeyFile {
-            key: "tokens.signature.public_key_file",
-            path: path.display().to_string(),
-            source,
-        })?],
-    };
-    Ok(SignatureSettings {
-        algorithms: signature
-            .algorithms
-            .iter()
-            .filter_map(|name| name.parse().ok())
-            .collect(),
-        hs256_secret,
-        public_keys,
-        jwks_url: signature.jwks_url.as_ref().and_then(|url| url.parse().ok()),
-        jwks_ca_file: signature.jwks_ca_file.clone(),
-        jwks_refresh: signature.jwks_refresh,
-        jwks_cooldown: signature.jwks_cooldown,
-        jwks_timeout: signature.jwks_timeout,
-        leeway: config.tokens.leeway,
-        issuer: signature.issuer.clone(),
-        audience: signature.audience.clone(),
-        cache_max_entries: config.tokens.cache_max_entries,
-    })
-}
-
-/// The sign-up path's settings from the configuration.
-fn signup_settings(config: &Config) -> SignupSettings {
-    let (signup, limits) = (&config.signup, &config.rate_limit);
-    SignupSettings {
-        policy: SignupPolicy {
-            mechanisms: signup.mechanisms.clone(),
-            username_must_be_email: signup.username_must_be_email,
-            min_password_length: signup.min_password_length,
-        },
-        rate_limits: RateLimits {
-            window: limits.window,
-            signup_per_ip: limits.signup_per_ip,
-            signup_per_username: limits.signup_per_username,
-            login_per_ip: limits.login_per_ip,
-            login_per_username: limits.login_per_username,
-        },
-        max_body_bytes: config.server.max_body_bytes,
-        max_response_bytes: signup.max_response_bytes,
     }
 }
 

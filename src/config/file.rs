@@ -52,6 +52,8 @@ pub(super) struct ServerFile {
     pub shutdown_grace: Duration,
     pub worker_threads: usize,
     pub trusted_hops: usize,
+    #[serde(with = "duration")]
+    pub config_poll_interval: Duration,
 }
 
 impl Default for ServerFile {
@@ -67,6 +69,7 @@ impl Default for ServerFile {
             shutdown_grace: Duration::from_secs(30),
             worker_threads: 0,
             trusted_hops: 0,
+            config_poll_interval: Duration::from_secs(5),
         }
     }
 }
@@ -156,6 +159,7 @@ impl FileConfig {
                 shutdown_grace: s.shutdown_grace,
                 worker_threads: s.worker_threads,
                 trusted_hops: s.trusted_hops,
+                config_poll_interval: s.config_poll_interval,
             },
             upstream: UpstreamConfig {
                 url,
@@ -197,6 +201,7 @@ impl From<&Config> for FileConfig {
                 shutdown_grace: s.shutdown_grace,
                 worker_threads: s.worker_threads,
                 trusted_hops: s.trusted_hops,
+                config_poll_interval: s.config_poll_interval,
             },
             upstream: UpstreamFile {
                 url: Some(u.url.to_string()),

@@ -110,6 +110,9 @@ pub struct ServerConfig {
     /// rate limits is the address that many entries from the right of that header; 0 uses the
     /// connection's peer. Default 0.
     pub trusted_hops: usize,
+    /// How often the configuration file is checked for changes (a new ConfigMap); a change is
+    /// reloaded like a SIGHUP. Zero turns the check off. Default `5s`.
+    pub config_poll_interval: Duration,
 }
 
 /// The Commerce API (or the emulator) that requests are forwarded to.

@@ -49,6 +49,7 @@ pub(super) fn validate(
         ("server.header_read_timeout", s.header_read_timeout, false),
         ("server.shutdown_delay", s.shutdown_delay, true),
         ("server.shutdown_grace", s.shutdown_grace, true),
+        ("server.config_poll_interval", s.config_poll_interval, true),
         ("upstream.connect_timeout", u.connect_timeout, false),
         ("upstream.response_timeout", u.response_timeout, false),
         ("upstream.pool_idle_timeout", u.pool_idle_timeout, false),

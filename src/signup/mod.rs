@@ -204,7 +204,7 @@ impl Outcome {
 /// The sign-up path's settings and shared state.
 pub struct Signup {
     policy: SignupPolicy,
-    limiter: RateLimiter,
+    limiter: Arc<RateLimiter>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     /// Largest request body read.
@@ -216,17 +216,21 @@ pub struct Signup {
 /// Settings of [`Signup`], from the configuration.
 pub struct SignupSettings {
     pub policy: SignupPolicy,
-    pub rate_limits: RateLimits,
     pub max_body_bytes: usize,
     pub max_response_bytes: usize,
 }
 
 impl Signup {
-    /// The sign-up path recording into `store`.
-    pub fn new(settings: SignupSettings, store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+    /// The sign-up path counting against `limiter` and recording into `store`.
+    pub fn new(
+        settings: SignupSettings,
+        limiter: Arc<RateLimiter>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Signup {
             policy: settings.policy,
-            limiter: RateLimiter::new(settings.rate_limits),
+            limiter,
             store,
             metrics,
             max_body_bytes: settings.max_body_bytes,

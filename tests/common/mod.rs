@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 /// Builds a gateway in this process, on 127.0.0.1:0 for both listeners.
 pub struct TestGateway {
     config: Config,
+    config_file: Option<std::path::PathBuf>,
 }
 
 /// A gateway running in this process.
@@ -34,6 +35,8 @@ pub struct RunningGateway {
     pub admin_addr: SocketAddr,
     /// The gateway's token store, to see what it learnt.
     pub store: Arc<Store>,
+    /// Reloads the configuration file, for gateways made with [`TestGateway::from_file`].
+    pub reloader: Option<account_gate::reload::Reloader>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -46,7 +49,20 @@ impl TestGateway {
         config.server.listen = "127.0.0.1:0".parse().expect("addr");
         config.server.admin_listen = "127.0.0.1:0".parse().expect("addr");
         config.server.shutdown_delay = Duration::ZERO;
-        TestGateway { config }
+        TestGateway {
+            config,
+            config_file: None,
+        }
+    }
+
+    /// A gateway configured by the file at `path` (its listeners should be on port 0), which
+    /// it reloads from.
+    pub fn from_file(path: &std::path::Path) -> Self {
+        let loaded = account_gate::config::load(path).expect("valid config file");
+        TestGateway {
+            config: loaded.config,
+            config_file: Some(path.to_owned()),
+        }
     }
 
     /// Changes the configuration before start.
@@ -57,7 +73,11 @@ impl TestGateway {
 
     /// Binds and runs the gateway; it is ready when this returns.
     pub async fn start(self) -> RunningGateway {
-        let server = Server::bind(self.config).await.expect("gateway binds");
+        let mut server = Server::bind(self.config).await.expect("gateway binds");
+        if let Some(path) = self.config_file {
+            server = server.with_config_file(path);
+        }
+        let reloader = server.reloader();
         let addr = server.local_addr();
         let admin_addr = server.admin_addr();
         let store = server.store();
@@ -69,6 +89,7 @@ impl TestGateway {
             addr,
             admin_addr,
             store,
+            reloader,
             stop: Some(stop),
             task,
         };

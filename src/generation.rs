@@ -1,0 +1,205 @@
+//! One generation of the gateway's request-handling state, built from one configuration. A
+//! reload builds the next generation and swaps it in atomically; requests already in flight
+//! finish on the generation they started with. What must outlive a reload — the token store,
+//! the metrics, the rate-limit counts and the signature verifier (when their settings did not
+//! change) — is carried over.
+
+use std::sync::Arc;
+
+use crate::admin_api::AdminApi;
+use crate::config::{Config, SecretRef};
+use crate::metrics::Metrics;
+use crate::proxy::{Gateway, Upstream};
+use crate::scope::{Rule, Rules};
+use crate::signup::{RateLimiter, RateLimits, Signup, SignupPolicy, SignupSettings};
+use crate::store::Store;
+use crate::token::{SignatureSettings, Verifier};
+use crate::validator::{IdentityHeaders, Validator, ValidatorSettings};
+use crate::StartError;
+
+/// What every generation shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<Store>,
+}
+
+/// The state built from one configuration.
+pub struct Generation {
+    /// The configuration it was built from.
+    pub config: Config,
+    /// The data plane.
+    pub gateway: Arc<Gateway>,
+    /// The signature verifier, in the signature modes.
+    pub verifier: Option<Arc<Verifier>>,
+    /// The admin API, when an admin token is configured.
+    pub api: Option<AdminApi>,
+    /// Token-request rate limits, kept across reloads that do not change them.
+    limiter: Arc<RateLimiter>,
+}
+
+impl Generation {
+    /// Builds the generation for `config`, reusing from `previous` what `config` leaves as it was.
+    pub async fn build(
+        config: Config,
+        shared: &Shared,
+        previous: Option<&Generation>,
+    ) -> Result<Generation, StartError> {
+        let upstream = Upstream::new(&config.upstream)?;
+        let verifier = match previous {
+            Some(old)
+                if old.config.tokens.signature == config.tokens.signature
+                    && old.config.tokens.mode.checks_signatures()
+                        == config.tokens.mode.checks_signatures()
+                    && old.config.tokens.leeway == config.tokens.leeway
+                    && old.config.tokens.cache_max_entries == config.tokens.cache_max_entries =>
+            {
+                old.verifier.clone()
+            }
+            _ if config.tokens.mode.checks_signatures() => {
+                Some(Arc::new(Verifier::new(signature_settings(&config)?).await?))
+            }
+            _ => None,
+        };
+        let limiter = match previous {
+            Some(old) if old.config.rate_limit == config.rate_limit => old.limiter.clone(),
+            _ => Arc::new(RateLimiter::new(rate_limits(&config))),
+        };
+        let validator = Arc::new(Validator::new(
+            validator_settings(&config),
+            shared.store.clone(),
+            verifier.clone(),
+            shared.metrics.clone(),
+        ));
+        let api = match &config.admin.token {
+            None => None,
+            Some(reference) => {
+                let key = match reference {
+                    SecretRef::Env(_) => "admin.token_env",
+                    SecretRef::File(_) => "admin.token_file",
+                };
+                let token = reference
+                    .resolve()
+                    .map_err(|source| StartError::Secret { key, source })?;
+                Some(AdminApi::new(
+                    &token,
+                    shared.store.clone(),
+                    validator.clone(),
+                ))
+            }
+        };
+        let signup = Signup::new(
+            signup_settings(&config),
+            limiter.clone(),
+            shared.store.clone(),
+            shared.metrics.clone(),
+        );
+        let gateway = Arc::new(Gateway::new(
+            upstream,
+            signup,
+            validator,
+            config.signup.path.clone(),
+            config.server.trusted_hops,
+            shared.metrics.clone(),
+        ));
+        Ok(Generation {
+            config,
+            gateway,
+            verifier,
+            api,
+            limiter,
+        })
+    }
+}
+
+/// The validator's settings from the configuration (already validated).
+fn validator_settings(config: &Config) -> ValidatorSettings {
+    let tokens = &config.tokens;
+    let configured = config
+        .routes
+        .iter()
+        .filter_map(|route| Rule::new(&route.path, route.token).ok())
+        .collect();
+    ValidatorSettings {
+        mode: tokens.mode,
+        unknown: tokens.unknown,
+        header: http::HeaderName::from_bytes(tokens.header.as_bytes()).unwrap_or_else(|_| {
+            http::HeaderName::from_static("ep-account-management-authentication-token")
+        }),
+        leeway: tokens.leeway,
+        negative_ttl: tokens.negative_ttl,
+        negative_max_entries: tokens.negative_max_entries,
+        rules: Rules::new(configured, &config.signup.path),
+        identity: IdentityHeaders::new(&tokens.account_id_header, &tokens.member_id_header),
+    }
+}
+
+/// The verifier's settings: secrets resolved and key files read.
+fn signature_settings(config: &Config) -> Result<SignatureSettings, StartError> {
+    let signature = &config.tokens.signature;
+    let hs256_secret = match signature.hs256_secret() {
+        None => None,
+        Some(reference) => {
+            let key = match reference {
+                SecretRef::Env(_) => "tokens.signature.hs256_secret_env",
+                SecretRef::File(_) => "tokens.signature.hs256_secret_file",
+            };
+            let secret = reference
+                .resolve()
+                .map_err(|source| StartError::Secret { key, source })?;
+            Some(secret.expose().as_bytes().to_vec())
+        }
+    };
+    let public_keys = match &signature.public_key_file {
+        None => Vec::new(),
+        Some(path) => vec![std::fs::read(path).map_err(|source| StartError::KeyFile {
+            key: "tokens.signature.public_key_file",
+            path: path.display().to_string(),
+            source,
+        })?],
+    };
+    Ok(SignatureSettings {
+        algorithms: signature
+            .algorithms
+            .iter()
+            .filter_map(|name| name.parse().ok())
+            .collect(),
+        hs256_secret,
+        public_keys,
+        jwks_url: signature.jwks_url.as_ref().and_then(|url| url.parse().ok()),
+        jwks_ca_file: signature.jwks_ca_file.clone(),
+        jwks_refresh: signature.jwks_refresh,
+        jwks_cooldown: signature.jwks_cooldown,
+        jwks_timeout: signature.jwks_timeout,
+        leeway: config.tokens.leeway,
+        issuer: signature.issuer.clone(),
+        audience: signature.audience.clone(),
+        cache_max_entries: config.tokens.cache_max_entries,
+    })
+}
+
+/// The sign-up path's settings from the configuration.
+fn signup_settings(config: &Config) -> SignupSettings {
+    let signup = &config.signup;
+    SignupSettings {
+        policy: SignupPolicy {
+            mechanisms: signup.mechanisms.clone(),
+            username_must_be_email: signup.username_must_be_email,
+            min_password_length: signup.min_password_length,
+        },
+        max_body_bytes: config.server.max_body_bytes,
+        max_response_bytes: signup.max_response_bytes,
+    }
+}
+
+/// The rate limits from the configuration.
+fn rate_limits(config: &Config) -> RateLimits {
+    let limits = &config.rate_limit;
+    RateLimits {
+        window: limits.window,
+        signup_per_ip: limits.signup_per_ip,
+        signup_per_username: limits.signup_per_username,
+        login_per_ip: limits.login_per_ip,
+        login_per_username: limits.login_per_username,
+    }
+}

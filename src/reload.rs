@@ -1,0 +1,203 @@
+//! Live reload: on SIGHUP, or when the configuration file's content changes (which is how an
+//! updated Kubernetes ConfigMap arrives), the file is loaded and checked; a valid configuration
+//! becomes the next [`Generation`], swapped in atomically for new requests while in-flight ones
+//! finish on the old; an invalid one is refused with every error logged, and the old one stays.
+//!
+//! Settings bound to what is already running (listeners, runtime, store, logging) cannot change
+//! live: a reload that changes them applies everything else, keeps them, and says which need a
+//! restart.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+
+use crate::config::{self, Config, ConfigErrors};
+use crate::generation::{Generation, Shared};
+use crate::StartError;
+
+/// Why a reload was refused; the running configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not load or does not validate.
+    #[error("invalid configuration:\n{0}")]
+    Invalid(ConfigErrors),
+    /// A secret the new configuration references is missing.
+    #[error("{}", .0.join("; "))]
+    MissingSecrets(Vec<String>),
+    /// The new configuration could not be put in force (keys, CA file, …).
+    #[error(transparent)]
+    Build(#[from] StartError),
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Changed keys that only a restart applies; their running values were kept.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// Reloads the configuration file into the running gateway.
+#[derive(Clone)]
+pub struct Reloader {
+    path: PathBuf,
+    shared: Shared,
+    current: Arc<ArcSwap<Generation>>,
+}
+
+impl Reloader {
+    /// A reloader of `path` into `current`.
+    pub fn new(path: PathBuf, shared: Shared, current: Arc<ArcSwap<Generation>>) -> Self {
+        Reloader {
+            path,
+            shared,
+            current,
+        }
+    }
+
+    /// Loads, checks and swaps in the configuration file, counting the outcome in
+    /// `config_reloads_total`.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let outcome = self.try_reload().await;
+        let label = if outcome.is_ok() {
+            "success"
+        } else {
+            "failure"
+        };
+        self.shared
+            .metrics
+            .config_reloads_total
+            .with_label_values(&[label])
+            .inc();
+        match &outcome {
+            Ok(reloaded) if reloaded.restart_needed.is_empty() => {
+                tracing::info!(path = %self.path.display(), "configuration reloaded");
+            }
+            Ok(reloaded) => tracing::warn!(
+                path = %self.path.display(),
+                restart_needed = ?reloaded.restart_needed,
+                "configuration reloaded; these changes need a restart and were not applied"
+            ),
+            Err(error) => {
+                for line in error.to_string().lines() {
+                    tracing::error!(path = %self.path.display(), "reload refused: {line}");
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn try_reload(&self) -> Result<Reloaded, ReloadError> {
+        let loaded = config::load(&self.path).map_err(ReloadError::Invalid)?;
+        // As at start-up, a referenced secret that is missing keeps the old configuration.
+        if !loaded.warnings.is_empty() {
+            return Err(ReloadError::MissingSecrets(loaded.warnings));
+        }
+        let old = self.current.load_full();
+        let mut config = loaded.config;
+        let restart_needed = keep_fixed(&old.config, &mut config);
+        let next = Generation::build(config, &self.shared, Some(&old)).await?;
+        self.current.store(Arc::new(next));
+        Ok(Reloaded { restart_needed })
+    }
+
+    /// Reloads on SIGHUP and, every `poll` (zero: never), when the file's content changed;
+    /// returns when `stop` completes.
+    pub async fn watch(self, poll: Duration, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut seen = self.digest().await;
+        let mut hangups = hangups();
+        let mut ticks = tokio::time::interval(if poll.is_zero() {
+            Duration::from_secs(24 * 3600)
+        } else {
+            poll
+        });
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                Some(()) = next_hangup(&mut hangups) => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    seen = self.digest().await;
+                    let _ = self.reload().await;
+                }
+                _ = ticks.tick(), if !poll.is_zero() => {
+                    let digest = self.digest().await;
+                    // A file that cannot be read mid-update (ConfigMap symlink swap) is
+                    // looked at again on the next tick.
+                    if digest.is_some() && digest != seen {
+                        seen = digest;
+                        tracing::info!(path = %self.path.display(), "configuration file changed");
+                        let _ = self.reload().await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn digest(&self) -> Option<[u8; 32]> {
+        let bytes = tokio::fs::read(&self.path).await.ok()?;
+        Some(Sha256::digest(&bytes).into())
+    }
+}
+
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+#[cfg(unix)]
+fn hangups() -> Hangups {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangups() -> Hangups {
+    None
+}
+
+/// The next SIGHUP; pending forever where there are none.
+async fn next_hangup(hangups: &mut Hangups) -> Option<()> {
+    #[cfg(unix)]
+    if let Some(signal) = hangups {
+        return signal.recv().await;
+    }
+    let _ = hangups;
+    std::future::pending().await
+}
+
+/// Puts the running values of the settings that cannot change live back into `next`, and names
+/// those that differed.
+fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($($section:ident . $key:ident),* $(,)?) => {
+            $(
+                if running.$section.$key != next.$section.$key {
+                    changed.push(concat!(stringify!($section), ".", stringify!($key)));
+                    next.$section.$key = running.$section.$key.clone();
+                }
+            )*
+        };
+    }
+    keep!(
+        server.listen,
+        server.admin_listen,
+        server.header_read_timeout,
+        server.max_header_bytes,
+        server.max_connections,
+        server.shutdown_delay,
+        server.shutdown_grace,
+        server.worker_threads,
+        server.config_poll_interval,
+        log.level,
+        log.format,
+        store.backend,
+        store.max_entries,
+    );
+    changed
+}

@@ -1,0 +1,230 @@
+//! Live configuration reload: a valid change is swapped in under load without a failed request,
+//! an invalid one is refused and the old configuration keeps serving, a changed file is picked
+//! up by itself, and SIGHUP reloads the running binary.
+
+mod common;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use account_gate::reload::ReloadError;
+use common::upstream::TestUpstream;
+use common::{get, wait_until, TestGateway};
+use http::StatusCode;
+
+/// A configuration forwarding to `upstream`, with `extra` appended.
+fn config_text(upstream: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_delay = \"0s\"\n{extra}\n\
+         [upstream]\nurl = \"{upstream}\"\n"
+    )
+}
+
+fn write(path: &std::path::Path, text: &str) {
+    // Replace the file in one step, as a ConfigMap update does (new file, then rename).
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).expect("create");
+    file.write_all(text.as_bytes()).expect("write");
+    file.sync_all().expect("sync");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn reloads(metrics: &str, outcome: &str) -> u64 {
+    let prefix = format!("account_gate_config_reloads_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .expect("reload counter")
+}
+
+#[tokio::test]
+async fn a_valid_change_is_swapped_in_under_load_without_a_failed_request() {
+    let (old, new) = (TestUpstream::http().await, TestUpstream::http().await);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("account-gate.toml");
+    write(
+        &path,
+        &config_text(&old.url, "config_poll_interval = \"0s\""),
+    );
+    let gateway = TestGateway::from_file(&path).start().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (gateway.url("/v2/carts"), stop.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    statuses.push(get(&url).await.0);
+                }
+                statuses
+            })
+        })
+        .collect();
+    wait_until("load reaches the old upstream", || async {
+        old.calls() > 20
+    })
+    .await;
+
+    write(
+        &path,
+        &config_text(&new.url, "config_poll_interval = \"0s\""),
+    );
+    let reloader = gateway.reloader.as_ref().expect("reloader");
+    let reloaded = reloader.reload().await.expect("valid config reloads");
+    assert!(reloaded.restart_needed.is_empty());
+    let at_swap = new.calls();
+    wait_until("load reaches the new upstream", || async {
+        new.calls() > at_swap + 20
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+
+    let mut total = 0;
+    for task in load {
+        let statuses = task.await.expect("load task");
+        total += statuses.len();
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::OK),
+            "a request failed during the reload: {statuses:?}"
+        );
+    }
+    assert!(total > 40, "{total} requests");
+    let calls_before = old.calls();
+    let _ = get(&gateway.url("/v2/carts")).await;
+    assert_eq!(
+        old.calls(),
+        calls_before,
+        "new requests go to the new upstream only"
+    );
+    assert_eq!(reloads(&gateway.metrics().await, "success"), 1);
+}
+
+#[tokio::test]
+async fn an_invalid_change_is_refused_and_the_old_configuration_keeps_serving() {
+    let upstream = TestUpstream::http().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("account-gate.toml");
+    write(
+        &path,
+        &config_text(&upstream.url, "config_poll_interval = \"0s\""),
+    );
+    let gateway = TestGateway::from_file(&path).start().await;
+    let reloader = gateway.reloader.as_ref().expect("reloader");
+
+    write(
+        &path,
+        &config_text("ftp://nowhere", "bogus = 1\nmax_connections = \"many\""),
+    );
+    match reloader.reload().await {
+        Err(ReloadError::Invalid(errors)) => {
+            let text = errors.to_string();
+            for key in ["server.bogus", "server.max_connections", "upstream.url"] {
+                assert!(text.contains(key), "{key} missing from {text}");
+            }
+        }
+        other => panic!("expected an invalid configuration, got {other:?}"),
+    }
+    let (status, _) = get(&gateway.url("/v2/carts")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(upstream.calls(), 1, "still the old upstream");
+    let metrics = gateway.metrics().await;
+    assert_eq!(reloads(&metrics, "failure"), 1);
+    assert_eq!(reloads(&metrics, "success"), 0);
+}
+
+#[tokio::test]
+async fn a_changed_file_is_reloaded_by_itself_and_fixed_settings_are_reported() {
+    let (old, new) = (TestUpstream::http().await, TestUpstream::http().await);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("account-gate.toml");
+    write(
+        &path,
+        &config_text(&old.url, "config_poll_interval = \"100ms\""),
+    );
+    let gateway = TestGateway::from_file(&path).start().await;
+    assert_eq!(get(&gateway.url("/v2/carts")).await.0, StatusCode::OK);
+    assert_eq!(old.calls(), 1);
+
+    // A new upstream, and a listener change that only a restart could apply.
+    let changed = config_text(
+        &new.url,
+        "config_poll_interval = \"100ms\"\nmax_connections = 77",
+    );
+    write(&path, &changed);
+    let url = gateway.url("/v2/carts");
+    wait_until("the changed file is in force", || async {
+        get(&url).await;
+        new.calls() > 0
+    })
+    .await;
+    let metrics = gateway.metrics().await;
+    assert_eq!(reloads(&metrics, "success"), 1);
+    // Reloading by hand reports what was kept.
+    let reloaded = gateway
+        .reloader
+        .as_ref()
+        .expect("reloader")
+        .reload()
+        .await
+        .expect("reload");
+    assert_eq!(reloaded.restart_needed, ["server.max_connections"]);
+}
+
+#[test]
+fn sighup_reloads_the_running_binary() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (old, new) =
+        runtime.block_on(async { (TestUpstream::http().await, TestUpstream::http().await) });
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("account-gate.toml");
+    write(
+        &path,
+        &config_text(&old.url, "config_poll_interval = \"0s\""),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_account-gate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("account-gate ready"))
+        .expect("ready");
+    let listen = ready
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("listen="))
+        .expect("listen")
+        .to_owned();
+    std::thread::spawn(move || for _ in lines {});
+    let url = format!("http://{listen}/v2/carts");
+    runtime.block_on(async {
+        assert_eq!(get(&url).await.0, StatusCode::OK);
+        assert_eq!(old.calls(), 1);
+        write(
+            &path,
+            &config_text(&new.url, "config_poll_interval = \"0s\""),
+        );
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        wait_until("SIGHUP applied the new upstream", || async {
+            get(&url).await;
+            new.calls() > 0
+        })
+        .await;
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().expect("exit").success());
+}
