@@ -3,9 +3,11 @@
 //! Names and labels are a contract with dashboards and alerts (DESIGN.md, "Metric names"):
 //! prefix `account_gate_`, units in the name, label values from small fixed sets only.
 
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::signup::{Limit, Mechanism, Outcome};
@@ -64,6 +66,9 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     /// `store_errors_total{backend,op}`: token-store operations that failed.
     pub store_errors_total: IntCounterVec,
+    /// Per route class (in [`ROUTES`] order), the handles every request updates, resolved once so
+    /// the hot path does no label lookup.
+    routes: [RouteHandles; 3],
     /// Serialises [`Metrics::sync_verified_cache`], which copies counters kept elsewhere.
     verified_sync: std::sync::Mutex<()>,
 }
@@ -220,7 +225,13 @@ impl Metrics {
         for reason in Rejection::REASONS.iter().chain(&["upstream_refused"]) {
             token_validations_total.with_label_values(&["rejected", reason]);
         }
+        let routes = ROUTES.map(|route| RouteHandles {
+            requests: CODE_CLASSES.map(|class| requests_total.with_label_values(&[route, class])),
+            duration: request_duration_seconds.with_label_values(&[route]),
+            upstream: upstream_duration_seconds.with_label_values(&[route]),
+        });
         Ok(Metrics {
+            routes,
             registry,
             requests_total,
             request_duration_seconds,
@@ -238,6 +249,22 @@ impl Metrics {
             store_errors_total,
             verified_sync: std::sync::Mutex::new(()),
         })
+    }
+
+    /// Counts one answered request of route class `route` (an index into [`ROUTES`]).
+    pub fn observe_request(&self, route: usize, status: http::StatusCode, elapsed: Duration) {
+        if let Some(handles) = self.routes.get(route) {
+            let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+            handles.requests[class].inc();
+            handles.duration.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Records how long the upstream took for a request of route class `route`.
+    pub fn observe_upstream(&self, route: usize, took: Duration) {
+        if let Some(handles) = self.routes.get(route) {
+            handles.upstream.observe(took.as_secs_f64());
+        }
     }
 
     /// Brings the verified-cache counters up to the totals the verifier keeps itself.
@@ -262,13 +289,10 @@ impl Metrics {
     }
 }
 
-/// The `code_class` label of a status.
-pub fn code_class(status: http::StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+/// The per-route handles of the request metrics.
+struct RouteHandles {
+    requests: [IntCounter; 5],
+    duration: Histogram,
+    upstream: Histogram,
 }
+
