@@ -9,6 +9,7 @@ use prometheus::{
 };
 
 use crate::signup::{Limit, Mechanism, Outcome};
+use crate::store;
 use crate::validator::Rejection;
 
 /// Route classes: the only values the `route` label takes.
@@ -40,6 +41,8 @@ pub struct Metrics {
     pub tokens_issued_total: IntCounter,
     /// `store_entries`: live records in the token store.
     pub store_entries: IntGauge,
+    /// `store_errors_total{backend,op}`: token-store calls that failed (Redis down or slow).
+    pub store_errors_total: IntCounterVec,
     /// `rate_limited_total{limit}`: token requests refused by each rate limit.
     pub rate_limited_total: IntCounterVec,
     /// `token_validations_total{outcome,reason}`: account-token decisions.
@@ -107,6 +110,13 @@ impl Metrics {
             "Account tokens issued by the upstream and recorded.",
         )?;
         let store_entries = IntGauge::new("store_entries", "Live records in the token store.")?;
+        let store_errors_total = IntCounterVec::new(
+            Opts::new(
+                "store_errors_total",
+                "Token-store calls that failed or timed out, by backend and operation.",
+            ),
+            &["backend", "op"],
+        )?;
         let rate_limited_total = IntCounterVec::new(
             Opts::new(
                 "rate_limited_total",
@@ -140,6 +150,7 @@ impl Metrics {
         registry.register(Box::new(signups_total.clone()))?;
         registry.register(Box::new(tokens_issued_total.clone()))?;
         registry.register(Box::new(store_entries.clone()))?;
+        registry.register(Box::new(store_errors_total.clone()))?;
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(request_duration_seconds.clone()))?;
@@ -173,6 +184,11 @@ impl Metrics {
                 signups_total.with_label_values(&[mechanism.as_str(), outcome.as_str()]);
             }
         }
+        for backend in store::BACKENDS {
+            for op in store::OPS {
+                store_errors_total.with_label_values(&[backend, op]);
+            }
+        }
         for limit in Limit::ALL {
             rate_limited_total.with_label_values(&[limit.as_str()]);
         }
@@ -198,6 +214,7 @@ impl Metrics {
             signups_total,
             tokens_issued_total,
             store_entries,
+            store_errors_total,
             rate_limited_total,
             token_validations_total,
             verified_cache_hits_total,
