@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use crate::answer::json_api_error;
 use crate::metrics::Metrics;
 use crate::proxy::{full_body, Body};
+use crate::store::Store;
 use crate::token::Verifier;
 
 /// Whether the gateway should receive traffic. Starts not ready; turns ready once every
@@ -56,6 +57,8 @@ pub struct Admin {
     pub verifier: Option<Arc<Verifier>>,
     /// Reported at `/readyz`.
     pub health: Arc<Health>,
+    /// Pinged by `/readyz` (a shared store that cannot be reached makes the replica unready).
+    pub store: Arc<Store>,
 }
 
 impl Admin {
@@ -85,7 +88,7 @@ impl Admin {
                 response
             }
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
-            "/readyz" => match self.health.not_ready_reason() {
+            "/readyz" => match self.not_ready_reason().await {
                 None => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
                 Some(reason) => json(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -99,6 +102,16 @@ impl Admin {
             ),
         };
         Ok(response)
+    }
+}
+
+impl Admin {
+    /// `None` when ready: up, not draining, and the token store reachable.
+    async fn not_ready_reason(&self) -> Option<&'static str> {
+        match self.health.not_ready_reason() {
+            Some(reason) => Some(reason),
+            None => self.store.ping().await.err().map(|_| "store_unavailable"),
+        }
     }
 }
 

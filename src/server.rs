@@ -10,12 +10,14 @@ use tokio::sync::watch;
 
 use crate::admin::{Admin, Health};
 use crate::config::Config;
-use crate::config::{SecretError, SecretRef};
+use crate::config::{SecretError, SecretRef, StoreBackend};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Gateway, ListenerSettings, Upstream, UpstreamSetupError};
 use crate::scope::{Rule, Rules};
 use crate::signup::{RateLimits, Signup, SignupPolicy, SignupSettings};
-use crate::store::{MemoryStore, MemoryStoreOptions, Store};
+use crate::store::{
+    MemoryStore, MemoryStoreOptions, RedisSetupError, RedisStore, RedisStoreOptions, Store,
+};
 use crate::token::{KeyError, SignatureSettings, Verifier};
 use crate::validator::{IdentityHeaders, Validator, ValidatorSettings};
 
@@ -53,6 +55,9 @@ pub enum StartError {
     /// The signature keys are unusable.
     #[error("tokens.signature: {0}")]
     Keys(#[from] KeyError),
+    /// The Redis client could not be set up.
+    #[error(transparent)]
+    Store(#[from] RedisSetupError),
 }
 
 /// A gateway with its listeners bound, ready to [`run`](Server::run).
@@ -73,18 +78,15 @@ impl Server {
         let listener = bind(config.server.listen).await?;
         let admin_listener = bind(config.server.admin_listen).await?;
         let tokens = &config.tokens;
-        let store = Arc::new(Store::Memory(MemoryStore::new(MemoryStoreOptions {
-            // A deny entry must outlive every leeway-extended acceptance of its token.
-            revoked_grace: tokens
-                .leeway
-                .max(MemoryStoreOptions::default().revoked_grace),
-            ..MemoryStoreOptions::with_max_entries(config.store.max_entries)
-        })));
+        let store = Arc::new(build_store(&config, &metrics)?);
         let verifier = if tokens.mode.checks_signatures() {
             Some(Arc::new(Verifier::new(signature_settings(&config)?).await?))
         } else {
             None
         };
+        if let (Some(verifier), Some(events)) = (&verifier, store.revocation_events()) {
+            tokio::spawn(forget_revoked(Arc::downgrade(verifier), events));
+        }
         let validator = Validator::new(
             validator_settings(&config),
             store.clone(),
@@ -104,6 +106,7 @@ impl Server {
             verifier,
             metrics,
             health: Arc::new(Health::default()),
+            store: store.clone(),
         });
         Ok(Server {
             config,
@@ -188,6 +191,72 @@ impl Server {
             tracing::error!(%error, "admin task failed");
         }
         tracing::info!("account-gate stopped");
+    }
+}
+
+/// The configured token store.
+fn build_store(config: &Config, metrics: &Metrics) -> Result<Store, StartError> {
+    let (store, tokens) = (&config.store, &config.tokens);
+    // A deny entry must outlive every leeway-extended acceptance of its token.
+    let revoked_grace = tokens
+        .leeway
+        .max(MemoryStoreOptions::default().revoked_grace);
+    if store.backend == StoreBackend::Memory {
+        return Ok(Store::Memory(MemoryStore::new(MemoryStoreOptions {
+            revoked_grace,
+            ..MemoryStoreOptions::with_max_entries(store.max_entries)
+        })));
+    }
+    let password = match store.redis_password() {
+        None => None,
+        Some(reference) => {
+            let key = match reference {
+                SecretRef::Env(_) => "store.redis_password_env",
+                SecretRef::File(_) => "store.redis_password_file",
+            };
+            let secret = reference
+                .resolve()
+                .map_err(|source| StartError::Secret { key, source })?;
+            Some(secret.expose().to_owned())
+        }
+    };
+    let redis = RedisStore::new(RedisStoreOptions {
+        url: store.redis_url.clone().unwrap_or_default(),
+        cluster: store.redis_cluster,
+        password,
+        pool_size: store.redis_pool_size,
+        command_timeout: store.command_timeout,
+        key_prefix: store.key_prefix.clone(),
+        l1_ttl: store.l1_ttl,
+        l1_max_entries: store.l1_max_entries,
+        revoked_grace,
+        errors: Some(metrics.store_errors_total.clone()),
+    })?;
+    Ok(Store::Redis(redis))
+}
+
+/// Drops every fingerprint another replica revoked from the verified-token cache, until the
+/// verifier or the store is gone. (Validation checks the deny-list first anyway; this keeps the
+/// cache from holding what can no longer be used.)
+async fn forget_revoked(
+    verifier: std::sync::Weak<Verifier>,
+    mut events: tokio::sync::broadcast::Receiver<crate::store::Fingerprint>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(fingerprint) => match verifier.upgrade() {
+                Some(verifier) => verifier.invalidate(&fingerprint),
+                None => return,
+            },
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "revocations arrived faster than the verifier cache was updated"
+                );
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 
