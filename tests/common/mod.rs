@@ -3,6 +3,7 @@
 
 pub mod commerce;
 pub mod raw;
+pub mod redis;
 pub mod upstream;
 
 use std::net::SocketAddr;
