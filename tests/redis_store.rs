@@ -160,3 +160,25 @@ async fn calls_fail_fast_and_answer_from_l1_while_redis_is_down() {
     })
     .await;
 }
+
+#[test]
+fn the_redis_backend_needs_a_url_without_a_password() {
+    use account_gate::config::from_toml_str;
+    let base = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[store]\nbackend = \"redis\"\n";
+    let errors = from_toml_str(base, &[]).unwrap_err().to_string();
+    assert!(errors.contains("store.redis_url"), "{errors}");
+    let with_password = format!("{base}redis_url = \"redis://:hunter2@h:6379\"\n");
+    let errors = from_toml_str(&with_password, &[]).unwrap_err().to_string();
+    assert!(errors.contains("redis_password_env"), "{errors}");
+    assert!(!errors.contains("hunter2"), "{errors}");
+    let ok = format!("{base}redis_url = \"rediss://h:6380/1\"\nl1_ttl = \"2s\"\n");
+    let loaded = from_toml_str(&ok, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.config.store.l1_ttl, Duration::from_secs(2));
+    let bad =
+        format!("{base}redis_url = \"redis://h\"\nkey_prefix = \"a{{b}}\"\nredis_pool_size = 0\n");
+    let errors = from_toml_str(&bad, &[]).unwrap_err().to_string();
+    assert!(
+        errors.contains("store.key_prefix") && errors.contains("store.redis_pool_size"),
+        "{errors}"
+    );
+}
