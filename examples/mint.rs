@@ -17,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let (algorithm, key) = match alg.as_str() {
         "hs256" => (Algorithm::HS256, EncodingKey::from_secret(key.as_bytes())),
-        "rs256" => (Algorithm::RS256, EncodingKey::from_rsa_pem(&std::fs::read(key)?)?),
+        "rs256" => (
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&std::fs::read(key)?)?,
+        ),
         other => return Err(format!("unknown algorithm {other}").into()),
     };
     println!("{}", encode(&Header::new(algorithm), &claims, &key)?);

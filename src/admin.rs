@@ -15,6 +15,7 @@ use crate::answer::json_api_error;
 use crate::generation::Generation;
 use crate::metrics::Metrics;
 use crate::proxy::{full_body, Body};
+use crate::store::Store;
 
 /// Whether the gateway should receive traffic. Starts not ready; turns ready once every
 /// listener is up and turns unready for good at the first shutdown signal.
@@ -59,6 +60,8 @@ pub struct Admin {
     /// The current generation: its verifier keeps the verified-cache counters that `/metrics`
     /// exports, and its admin API (when an admin token is configured) answers `/members/…`.
     pub current: Arc<ArcSwap<Generation>>,
+    /// Pinged by `/readyz` (a shared store that cannot be reached makes the replica unready).
+    pub store: Arc<Store>,
 }
 
 impl Admin {
@@ -94,7 +97,7 @@ impl Admin {
                 response
             }
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
-            "/readyz" => match self.health.not_ready_reason() {
+            "/readyz" => match self.not_ready_reason().await {
                 None => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
                 Some(reason) => json(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -108,6 +111,16 @@ impl Admin {
             ),
         };
         Ok(response)
+    }
+}
+
+impl Admin {
+    /// `None` when ready: up, not draining, and the token store reachable.
+    async fn not_ready_reason(&self) -> Option<&'static str> {
+        match self.health.not_ready_reason() {
+            Some(reason) => Some(reason),
+            None => self.store.ping().await.err().map(|_| "store_unavailable"),
+        }
     }
 }
 

@@ -57,7 +57,11 @@ impl Generation {
                 old.verifier.clone()
             }
             _ if config.tokens.mode.checks_signatures() => {
-                Some(Arc::new(Verifier::new(signature_settings(&config)?).await?))
+                let verifier = Arc::new(Verifier::new(signature_settings(&config)?).await?);
+                if let Some(events) = shared.store.revocation_events() {
+                    tokio::spawn(forget_revoked(Arc::downgrade(&verifier), events));
+                }
+                Some(verifier)
             }
             _ => None,
         };
@@ -109,6 +113,31 @@ impl Generation {
             api,
             limiter,
         })
+    }
+}
+
+/// Drops every fingerprint another replica revoked from the verified-token cache, until the
+/// verifier or the store is gone. (Validation checks the deny-list first anyway; this keeps the
+/// cache from holding what can no longer be used.)
+async fn forget_revoked(
+    verifier: std::sync::Weak<Verifier>,
+    mut events: tokio::sync::broadcast::Receiver<crate::store::Fingerprint>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(fingerprint) => match verifier.upgrade() {
+                Some(verifier) => verifier.invalidate(&fingerprint),
+                None => return,
+            },
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "revocations arrived faster than the verifier cache was updated"
+                );
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 

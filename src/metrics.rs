@@ -11,6 +11,7 @@ use prometheus::{
 };
 
 use crate::signup::{Limit, Mechanism, Outcome};
+use crate::store;
 use crate::validator::Rejection;
 
 /// Route classes: the only values the `route` label takes.
@@ -19,16 +20,6 @@ pub const ROUTES: [&str; 3] = ["signup", "scoped", "passthrough"];
 pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Upstream failure kinds: the only values the `upstream_errors_total{kind}` label takes.
 pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "failed"];
-
-/// Token-store operations: the values the `store_errors_total{op}` label takes.
-pub const STORE_OPS: [&str; 6] = [
-    "record",
-    "lookup",
-    "is_revoked",
-    "list_member",
-    "revoke",
-    "revoke_member",
-];
 
 /// Latency buckets from 100 µs to 30 s, roughly ×2.5 apart.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -52,6 +43,8 @@ pub struct Metrics {
     pub tokens_issued_total: IntCounter,
     /// `store_entries`: live records in the token store.
     pub store_entries: IntGauge,
+    /// `store_errors_total{backend,op}`: token-store calls that failed (Redis down or slow).
+    pub store_errors_total: IntCounterVec,
     /// `rate_limited_total{limit}`: token requests refused by each rate limit.
     pub rate_limited_total: IntCounterVec,
     /// `token_validations_total{outcome,reason}`: account-token decisions.
@@ -64,8 +57,6 @@ pub struct Metrics {
     pub tokens_revoked_total: IntCounter,
     /// `config_reloads_total{outcome}`: configuration reloads, `success` or `failure`.
     pub config_reloads_total: IntCounterVec,
-    /// `store_errors_total{backend,op}`: token-store operations that failed.
-    pub store_errors_total: IntCounterVec,
     /// Per route class (in [`ROUTES`] order), the handles every request updates, resolved once so
     /// the hot path does no label lookup.
     routes: [RouteHandles; 3],
@@ -126,6 +117,13 @@ impl Metrics {
             "Account tokens issued by the upstream and recorded.",
         )?;
         let store_entries = IntGauge::new("store_entries", "Live records in the token store.")?;
+        let store_errors_total = IntCounterVec::new(
+            Opts::new(
+                "store_errors_total",
+                "Token-store calls that failed or timed out, by backend and operation.",
+            ),
+            &["backend", "op"],
+        )?;
         let rate_limited_total = IntCounterVec::new(
             Opts::new(
                 "rate_limited_total",
@@ -156,15 +154,7 @@ impl Metrics {
             Opts::new("config_reloads_total", "Configuration reloads by outcome."),
             &["outcome"],
         )?;
-        let store_errors_total = IntCounterVec::new(
-            Opts::new(
-                "store_errors_total",
-                "Token-store operations that failed, by backend and operation.",
-            ),
-            &["backend", "op"],
-        )?;
         registry.register(Box::new(config_reloads_total.clone()))?;
-        registry.register(Box::new(store_errors_total.clone()))?;
         registry.register(Box::new(token_validations_total.clone()))?;
         registry.register(Box::new(verified_cache_hits_total.clone()))?;
         registry.register(Box::new(verified_cache_misses_total.clone()))?;
@@ -172,6 +162,7 @@ impl Metrics {
         registry.register(Box::new(signups_total.clone()))?;
         registry.register(Box::new(tokens_issued_total.clone()))?;
         registry.register(Box::new(store_entries.clone()))?;
+        registry.register(Box::new(store_errors_total.clone()))?;
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(request_duration_seconds.clone()))?;
@@ -203,6 +194,11 @@ impl Metrics {
                 signups_total.with_label_values(&[mechanism.as_str(), outcome.as_str()]);
             }
         }
+        for backend in store::BACKENDS {
+            for op in store::OPS {
+                store_errors_total.with_label_values(&[backend, op]);
+            }
+        }
         for limit in Limit::ALL {
             rate_limited_total.with_label_values(&[limit.as_str()]);
         }
@@ -218,9 +214,6 @@ impl Metrics {
         token_validations_total.with_label_values(&["deferred", "token_unknown"]);
         for outcome in ["success", "failure"] {
             config_reloads_total.with_label_values(&[outcome]);
-        }
-        for op in STORE_OPS {
-            store_errors_total.with_label_values(&["memory", op]);
         }
         for reason in Rejection::REASONS.iter().chain(&["upstream_refused"]) {
             token_validations_total.with_label_values(&["rejected", reason]);
@@ -240,13 +233,13 @@ impl Metrics {
             signups_total,
             tokens_issued_total,
             store_entries,
+            store_errors_total,
             rate_limited_total,
             token_validations_total,
             verified_cache_hits_total,
             verified_cache_misses_total,
             tokens_revoked_total,
             config_reloads_total,
-            store_errors_total,
             verified_sync: std::sync::Mutex::new(()),
         })
     }
@@ -295,4 +288,3 @@ struct RouteHandles {
     duration: Histogram,
     upstream: Histogram,
 }
-

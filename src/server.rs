@@ -12,12 +12,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, Health};
-use crate::config::{Config, SecretError};
+use crate::config::{Config, SecretError, SecretRef, StoreBackend};
 use crate::generation::{Generation, Shared};
 use crate::metrics::Metrics;
 use crate::proxy::{self, ListenerSettings, UpstreamSetupError};
 use crate::reload::Reloader;
-use crate::store::{MemoryStore, MemoryStoreOptions, Store};
+use crate::store::{
+    MemoryStore, MemoryStoreOptions, RedisSetupError, RedisStore, RedisStoreOptions, Store,
+};
 use crate::token::KeyError;
 
 /// Why the gateway could not start (or a configuration could not be put in force).
@@ -54,6 +56,9 @@ pub enum StartError {
     /// The signature keys are unusable.
     #[error("tokens.signature: {0}")]
     Keys(#[from] KeyError),
+    /// The Redis client could not be set up.
+    #[error(transparent)]
+    Store(#[from] RedisSetupError),
 }
 
 /// A gateway with its listeners bound, ready to [`run`](Server::run).
@@ -74,14 +79,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new()?);
         let listener = bind(config.server.listen).await?;
         let admin_listener = bind(config.server.admin_listen).await?;
-        let store = Arc::new(Store::Memory(MemoryStore::new(MemoryStoreOptions {
-            // A deny entry must outlive every leeway-extended acceptance of its token.
-            revoked_grace: config
-                .tokens
-                .leeway
-                .max(MemoryStoreOptions::default().revoked_grace),
-            ..MemoryStoreOptions::with_max_entries(config.store.max_entries)
-        })));
+        let store = Arc::new(build_store(&config, &metrics)?);
         let shared = Shared { metrics, store };
         let generation = Generation::build(config, &shared, None).await?;
         Ok(Server {
@@ -152,6 +150,7 @@ impl Server {
             stopped(data_stopped.clone()),
         ));
         let admin = Arc::new(Admin {
+            store: self.shared.store.clone(),
             metrics: self.shared.metrics.clone(),
             health: self.health.clone(),
             current: self.current.clone(),
@@ -196,6 +195,47 @@ impl Server {
         }
         tracing::info!("account-gate stopped");
     }
+}
+
+/// The configured token store.
+fn build_store(config: &Config, metrics: &Metrics) -> Result<Store, StartError> {
+    let (store, tokens) = (&config.store, &config.tokens);
+    // A deny entry must outlive every leeway-extended acceptance of its token.
+    let revoked_grace = tokens
+        .leeway
+        .max(MemoryStoreOptions::default().revoked_grace);
+    if store.backend == StoreBackend::Memory {
+        return Ok(Store::Memory(MemoryStore::new(MemoryStoreOptions {
+            revoked_grace,
+            ..MemoryStoreOptions::with_max_entries(store.max_entries)
+        })));
+    }
+    let password = match store.redis_password() {
+        None => None,
+        Some(reference) => {
+            let key = match reference {
+                SecretRef::Env(_) => "store.redis_password_env",
+                SecretRef::File(_) => "store.redis_password_file",
+            };
+            let secret = reference
+                .resolve()
+                .map_err(|source| StartError::Secret { key, source })?;
+            Some(secret.expose().to_owned())
+        }
+    };
+    let redis = RedisStore::new(RedisStoreOptions {
+        url: store.redis_url.clone().unwrap_or_default(),
+        cluster: store.redis_cluster,
+        password,
+        pool_size: store.redis_pool_size,
+        command_timeout: store.command_timeout,
+        key_prefix: store.key_prefix.clone(),
+        l1_ttl: store.l1_ttl,
+        l1_max_entries: store.l1_max_entries,
+        revoked_grace,
+        errors: Some(metrics.store_errors_total.clone()),
+    })?;
+    Ok(Store::Redis(redis))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

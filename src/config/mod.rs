@@ -44,6 +44,7 @@ mod render;
 mod schema;
 mod secret;
 mod sections;
+mod store;
 mod validate;
 
 use std::ffi::OsString;

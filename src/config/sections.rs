@@ -69,11 +69,50 @@ impl Default for RateLimitConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `memory`: in this process. Default `memory`.
+    /// `memory`: in this process; `redis`: shared by every replica. Default `memory`.
     pub backend: StoreBackend,
-    /// Most token records held; the least recently used are evicted beyond. Each costs about
-    /// 1 KiB of memory (measured: `benches/store_memory.rs`). Default 100 000.
+    /// Most token records held by the memory backend; the least recently used are evicted
+    /// beyond. Each costs about 1 KiB of memory (measured: `benches/store_memory.rs`).
+    /// Default 100 000.
     pub max_entries: u64,
+    /// Redis to use with `backend = "redis"`: `redis://host:port/db` or `rediss://` (TLS). With
+    /// `redis_cluster`, a comma-separated list of seed nodes. No password here (see
+    /// `redis_password_env` / `redis_password_file`). Required for the redis backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Whether `redis_url` names a Redis Cluster. Default false.
+    pub redis_cluster: bool,
+    /// Environment variable holding the Redis password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_password_env: Option<String>,
+    /// File holding the Redis password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_password_file: Option<std::path::PathBuf>,
+    /// Multiplexed connections to Redis, used round-robin. Default 2.
+    pub redis_pool_size: usize,
+    /// Longest wait for one Redis command; past it the call fails as `store_unavailable`.
+    /// Default `250ms`.
+    #[serde(with = "super::file::duration")]
+    pub command_timeout: Duration,
+    /// Prefix of every Redis key and of the revocation channel. Default `account-gate:`.
+    pub key_prefix: String,
+    /// How long a Redis answer is reused from the in-process L1 cache. Default `5s`.
+    #[serde(with = "super::file::duration")]
+    pub l1_ttl: Duration,
+    /// Most fingerprints held in the L1 cache. Default 100 000.
+    pub l1_max_entries: u64,
+}
+
+impl StoreConfig {
+    /// The Redis password's reference, when one of `redis_password_env` / `redis_password_file`
+    /// is set (validation refuses both).
+    pub fn redis_password(&self) -> Option<super::SecretRef> {
+        match (&self.redis_password_env, &self.redis_password_file) {
+            (Some(name), _) => Some(super::SecretRef::Env(name.clone())),
+            (None, Some(path)) => Some(super::SecretRef::File(path.clone())),
+            (None, None) => None,
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -81,6 +120,15 @@ impl Default for StoreConfig {
         StoreConfig {
             backend: StoreBackend::Memory,
             max_entries: 100_000,
+            redis_url: None,
+            redis_cluster: false,
+            redis_password_env: None,
+            redis_password_file: None,
+            redis_pool_size: 2,
+            command_timeout: Duration::from_millis(250),
+            key_prefix: "account-gate:".to_owned(),
+            l1_ttl: Duration::from_secs(5),
+            l1_max_entries: 100_000,
         }
     }
 }
@@ -91,6 +139,8 @@ impl Default for StoreConfig {
 pub enum StoreBackend {
     /// moka, in this process.
     Memory,
+    /// Redis (or Redis Cluster), shared by every replica, with a moka L1 in front.
+    Redis,
 }
 
 /// `[tokens]`: how account tokens travel and how they are validated.

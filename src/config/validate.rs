@@ -105,6 +105,7 @@ pub(super) fn validate(
 
     validate_token_path(&file, report);
     validate_tokens(&file, lookup, report);
+    super::store::validate_store(&file.store, lookup, report);
 
     let admin = admin_config(&file, report);
     if let Some(token) = &admin.token {
@@ -139,9 +140,6 @@ fn validate_token_path(file: &FileConfig, report: &mut Report) {
     let window = file.rate_limit.window;
     if window < Duration::from_secs(1) || window > MAX_DURATION {
         report.invalid("rate_limit.window", "must be between 1s and 24h");
-    }
-    if file.store.max_entries == 0 {
-        report.invalid("store.max_entries", "must be at least 1");
     }
     if http::HeaderName::from_bytes(file.tokens.header.as_bytes()).is_err() {
         report.invalid(

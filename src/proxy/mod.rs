@@ -187,8 +187,7 @@ impl Gateway {
 
         let elapsed = started.elapsed();
         let status = response.status();
-        self.metrics
-            .observe_request(route.index(), status, elapsed);
+        self.metrics.observe_request(route.index(), status, elapsed);
         // One line per request. Never a header value, a body or a query string: they can hold
         // tokens, passwords and secrets.
         tracing::info!(
@@ -396,7 +395,11 @@ mod tests {
 
     #[test]
     fn route_indexes_match_the_metric_labels() {
-        for route in [RouteClass::Signup, RouteClass::Scoped, RouteClass::Passthrough] {
+        for route in [
+            RouteClass::Signup,
+            RouteClass::Scoped,
+            RouteClass::Passthrough,
+        ] {
             assert_eq!(ROUTES[route.index()], route.as_str());
         }
     }

@@ -3,8 +3,8 @@
 //!
 //! Callers (the sign-up tee, the validator, the admin API) hold a [`Store`] and speak to it
 //! through the [`TokenStore`] trait; a backend is one variant of [`Store`] (enum dispatch, no
-//! boxing). Today that is [`MemoryStore`] on moka; a Redis backend shared by every replica follows
-//! (issue 6) without changing callers, which is why every operation is `async` and fallible.
+//! boxing): [`MemoryStore`] on moka for one replica, or [`RedisStore`] shared by every replica
+//! (with a moka L1 in front), which is why every operation is `async` and fallible.
 //!
 //! # What is stored
 //!
@@ -28,17 +28,35 @@
 //!   member index by the live records (a member's set holds only fingerprints still in the
 //!   records; empty sets are dropped).
 //!
-//! The memory backend's details are in [`memory`].
+//! The memory backend's details are in [`memory`], the Redis backend's (keys, scripts, L1,
+//! revocation fan-out, behaviour while Redis is down) in [`redis`].
 
 mod fingerprint;
 mod member_index;
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::time::SystemTime;
 
 pub use fingerprint::Fingerprint;
 pub use memory::{MemoryStore, MemoryStoreOptions};
+pub use redis::{RedisSetupError, RedisStore, RedisStoreOptions};
+
+/// Every operation name of `store_errors_total{backend,op}`.
+pub const OPS: [&str; 8] = [
+    "record",
+    "lookup",
+    "is_revoked",
+    "list_member",
+    "revoke",
+    "revoke_member",
+    "ping",
+    "count",
+];
+
+/// Every backend name of `store_errors_total{backend,op}`.
+pub const BACKENDS: [&str; 2] = [memory::BACKEND, redis::BACKEND];
 
 /// What is known about one issued token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,11 +172,19 @@ pub trait TokenStore: Send + Sync {
 }
 
 /// The configured backend; callers hold this (or an `Arc` of it). Enum dispatch: no boxing, no
-/// `async-trait`. Only `Memory` now; `Redis` comes with issue 6.
+/// `async-trait`.
 #[derive(Clone, Debug)]
 pub enum Store {
     /// The in-process moka store of one replica.
     Memory(MemoryStore),
+    /// Redis, shared by every replica, with an in-process L1.
+    Redis(RedisStore),
+}
+
+impl From<RedisStore> for Store {
+    fn from(store: RedisStore) -> Self {
+        Store::Redis(store)
+    }
 }
 
 impl From<MemoryStore> for Store {
@@ -172,6 +198,25 @@ impl Store {
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Memory(_) => memory::BACKEND,
+            Store::Redis(_) => redis::BACKEND,
+        }
+    }
+
+    /// Whether the backend can be reached now, for `/readyz` (bounded in time; the memory
+    /// backend always can).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(store) => store.ping().await,
+        }
+    }
+
+    /// Fingerprints revoked by other replicas, as they are announced, so that caches outside
+    /// the store (the verifier's) can drop them; `None` for a backend that is not shared.
+    pub fn revocation_events(&self) -> Option<tokio::sync::broadcast::Receiver<Fingerprint>> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(store) => Some(store.revocation_events()),
         }
     }
 }
@@ -180,42 +225,49 @@ impl TokenStore for Store {
     async fn record(&self, record: TokenRecord) -> Result<(), StoreError> {
         match self {
             Store::Memory(store) => store.record(record).await,
+            Store::Redis(store) => store.record(record).await,
         }
     }
 
     async fn lookup(&self, fp: &Fingerprint) -> Result<Option<TokenRecord>, StoreError> {
         match self {
             Store::Memory(store) => store.lookup(fp).await,
+            Store::Redis(store) => store.lookup(fp).await,
         }
     }
 
     async fn is_revoked(&self, fp: &Fingerprint) -> Result<bool, StoreError> {
         match self {
             Store::Memory(store) => store.is_revoked(fp).await,
+            Store::Redis(store) => store.is_revoked(fp).await,
         }
     }
 
     async fn list_member(&self, member_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
         match self {
             Store::Memory(store) => store.list_member(member_id).await,
+            Store::Redis(store) => store.list_member(member_id).await,
         }
     }
 
     async fn revoke(&self, fp: &Fingerprint, expires_at: SystemTime) -> Result<bool, StoreError> {
         match self {
             Store::Memory(store) => store.revoke(fp, expires_at).await,
+            Store::Redis(store) => store.revoke(fp, expires_at).await,
         }
     }
 
     async fn revoke_member(&self, member_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
         match self {
             Store::Memory(store) => store.revoke_member(member_id).await,
+            Store::Redis(store) => store.revoke_member(member_id).await,
         }
     }
 
     fn count(&self) -> u64 {
         match self {
             Store::Memory(store) => store.count(),
+            Store::Redis(store) => store.count(),
         }
     }
 }

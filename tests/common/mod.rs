@@ -4,6 +4,7 @@
 pub mod commerce;
 pub mod keys;
 pub mod raw;
+pub mod redis;
 pub mod upstream;
 
 use std::net::SocketAddr;
