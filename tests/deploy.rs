@@ -1,0 +1,619 @@
+//! The deployment manifests under `deploy/kubernetes`: every one validates against the Kubernetes
+//! schemas, the Prometheus Operator resources select something that exists, the pod specs keep
+//! what the README promises (security context, probes, resources, grace period), and the TOML in
+//! every ConfigMap passes `account-gate check-config`.
+//!
+//! Each variant (a directory with a `kustomization.yaml`) is rendered with `kubectl kustomize` or
+//! `kustomize build` when either is installed, else by reading the files the kustomization lists.
+//! Schema validation uses the Python package `kubernetes-validate`; when it is not importable it
+//! is installed with pip into a cache under `target/` (PyPI is the only network this needs).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_account-gate");
+/// The gateway's container name in every variant.
+const GATEWAY: &str = "account-gate";
+/// The ConfigMap key the gateway's configuration is mounted from.
+const CONFIG_KEY: &str = "account-gate.toml";
+
+/// Loads YAML (rendered on stdin, or the files a kustomization lists), validates every core
+/// resource against the schemas of Kubernetes 1.29 (the oldest with native sidecars) and of the
+/// newest version the package knows, strictly (unknown fields are errors), and prints the
+/// documents and the problems as JSON.
+const VALIDATE_PY: &str = r#"
+import json, os, sys
+import yaml
+import kubernetes_validate
+from kubernetes_validate.utils import latest_version
+
+# Kustomization fields the plain-files fallback understands; anything else needs kustomize.
+FALLBACK_FIELDS = {"apiVersion", "kind", "labels", "resources", "configMapGenerator", "images"}
+
+def read_kustomization(directory):
+    with open(os.path.join(directory, "kustomization.yaml")) as f:
+        kustomization = yaml.safe_load(f)
+    unknown = sorted(set(kustomization) - FALLBACK_FIELDS)
+    if unknown:
+        sys.exit(f"{directory}/kustomization.yaml uses {unknown}, which only kustomize applies: "
+                 "install kubectl or kustomize")
+    docs = []
+    for entry in kustomization.get("resources", []):
+        path = os.path.join(directory, entry)
+        if os.path.isdir(path):
+            docs += read_kustomization(path)
+        else:
+            with open(path) as f:
+                docs += [doc for doc in yaml.safe_load_all(f) if doc]
+    for generator in kustomization.get("configMapGenerator", []):
+        data = {}
+        for spec in generator.get("files", []):
+            key, _, file = spec.rpartition("=")
+            with open(os.path.join(directory, file)) as f:
+                data[key or os.path.basename(file)] = f.read()
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": generator["name"]}, "data": data})
+    return docs
+
+if sys.argv[1] == "--stdin":
+    docs = [doc for doc in yaml.safe_load_all(sys.stdin) if doc]
+else:
+    docs = read_kustomization(sys.argv[1])
+
+versions = ["1.29.0", latest_version()]
+errors = []
+for doc in docs:
+    # Custom resources: tests/deploy.rs checks the fields their operator requires.
+    if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+        continue
+    name = f'{doc.get("kind")}/{doc.get("metadata", {}).get("name")}'
+    for version in versions:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            where = ".".join(str(p) for p in e.absolute_path)
+            errors.append(f"{name} (Kubernetes {version}) at {where or '<root>'}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            errors.append(f"{name}: {e.message}")
+print(json.dumps({"docs": docs, "errors": errors, "versions": versions}))
+"#;
+
+/// One kustomization under `deploy/kubernetes`, rendered.
+struct Variant {
+    /// Directory name, e.g. `sidecar`.
+    name: String,
+    /// Every rendered resource, as JSON.
+    docs: Vec<Value>,
+    /// Schema violations reported by kubernetes-validate.
+    schema_errors: Vec<String>,
+    /// The Kubernetes versions validated against.
+    versions: Vec<String>,
+}
+
+impl Variant {
+    fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.docs.iter().filter(move |doc| doc["kind"] == kind)
+    }
+
+    fn named(&self, kind: &str, name: &str) -> Option<&Value> {
+        self.docs
+            .iter()
+            .find(|doc| doc["kind"] == kind && doc["metadata"]["name"] == name)
+    }
+
+    /// The pod templates of the variant's workloads, with the workload's name.
+    fn pod_templates(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.docs
+            .iter()
+            .filter(|doc| ["Deployment", "StatefulSet", "DaemonSet"].contains(&kind(doc)))
+            .map(|doc| (name(doc), &doc["spec"]["template"]))
+    }
+}
+
+fn kind(doc: &Value) -> &str {
+    doc["kind"].as_str().unwrap_or("")
+}
+
+fn name(doc: &Value) -> &str {
+    doc["metadata"]["name"].as_str().unwrap_or("")
+}
+
+/// A container's name.
+fn name_of(container: &Value) -> &str {
+    container["name"].as_str().unwrap_or("")
+}
+
+/// Every variant, rendered once for all the tests in this file.
+fn variants() -> &'static [Variant] {
+    static VARIANTS: OnceLock<Vec<Variant>> = OnceLock::new();
+    VARIANTS.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+            .unwrap_or_else(|e| panic!("read {}: {e}", root.display()))
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.join("kustomization.yaml").is_file())
+            .collect();
+        dirs.sort();
+        assert!(
+            !dirs.is_empty(),
+            "no kustomization under {}",
+            root.display()
+        );
+        dirs.iter().map(|dir| render(dir)).collect()
+    })
+}
+
+fn render(dir: &Path) -> Variant {
+    let mut validate = Command::new("python3");
+    validate
+        .env("PYTHONPATH", python_path())
+        .arg("-c")
+        .arg(VALIDATE_PY);
+    let output = match kustomize(dir) {
+        Some(yaml) => run_with_stdin(validate.arg("--stdin"), &yaml),
+        None => validate
+            .arg(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("run python3: {e}")),
+    };
+    assert!(
+        output.status.success(),
+        "reading the manifests of {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut report: Value = serde_json::from_slice(&output.stdout).expect("validator output");
+    let strings = |value: &mut Value| -> Vec<String> {
+        serde_json::from_value(value.take()).expect("a list of strings")
+    };
+    Variant {
+        name: dir.file_name().unwrap().to_string_lossy().into_owned(),
+        schema_errors: strings(&mut report["errors"]),
+        versions: strings(&mut report["versions"]),
+        docs: serde_json::from_value(report["docs"].take()).expect("documents"),
+    }
+}
+
+/// The kustomization rendered by `kubectl kustomize` or `kustomize build`; `None` when neither
+/// is installed.
+fn kustomize(dir: &Path) -> Option<Vec<u8>> {
+    for (program, subcommand) in [("kubectl", "kustomize"), ("kustomize", "build")] {
+        match Command::new(program).arg(subcommand).arg(dir).output() {
+            Ok(output) => {
+                assert!(
+                    output.status.success(),
+                    "{program} {subcommand} {} failed:\n{}",
+                    dir.display(),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                return Some(output.stdout);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("run {program}: {e}"),
+        }
+    }
+    None
+}
+
+fn run_with_stdin(command: &mut Command, input: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run python3: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    // Written from a thread: a large input could otherwise fill the pipe while the child waits
+    // for us to read its output.
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().expect("wait for python3");
+    writer.join().expect("writer thread").expect("write stdin");
+    output
+}
+
+/// The `PYTHONPATH` under which `kubernetes_validate` imports: empty when it is installed
+/// already, else a cache under `target/` that is filled with pip on first use.
+fn python_path() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let imports = |path: &str| {
+            Command::new("python3")
+                .env("PYTHONPATH", path)
+                .args(["-c", "import kubernetes_validate, yaml"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or_else(|e| panic!("tests/deploy.rs needs python3: {e}"))
+        };
+        if imports("") {
+            return String::new();
+        }
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deploy-python");
+        let cache_str = cache.to_string_lossy().into_owned();
+        if imports(&cache_str) {
+            return cache_str;
+        }
+        // Installed beside the cache and renamed into place, so that a run interrupted halfway
+        // (or a concurrent one) never leaves a half-filled cache behind.
+        let staging = cache.with_file_name(format!("deploy-python.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        let pip = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(&staging)
+            .arg("kubernetes-validate")
+            .output()
+            .unwrap_or_else(|e| panic!("tests/deploy.rs needs python3: {e}"));
+        if !pip.status.success() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        assert!(
+            pip.status.success(),
+            "tests/deploy.rs validates the manifests with the Python package kubernetes-validate, \
+             which is not importable, and `python3 -m pip install --target {} \
+             kubernetes-validate` failed (is pip installed, is PyPI reachable?):\n{}",
+            staging.display(),
+            String::from_utf8_lossy(&pip.stderr)
+        );
+        let _ = std::fs::remove_dir_all(&cache);
+        if std::fs::rename(&staging, &cache).is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        assert!(
+            imports(&cache_str),
+            "kubernetes-validate installed into {cache_str} but does not import"
+        );
+        cache_str
+    })
+}
+
+/// What `check-config` made of a ConfigMap's TOML: the effective configuration.
+fn effective_config(variant: &Variant, configmap: &str) -> toml::Table {
+    let key = format!("{}/{configmap}", variant.name);
+    let doc = variant
+        .named("ConfigMap", configmap)
+        .unwrap_or_else(|| panic!("{}: no ConfigMap {configmap}", variant.name));
+    let text = doc["data"][CONFIG_KEY]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key}: no data key {CONFIG_KEY}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join(CONFIG_KEY);
+    std::fs::write(&file, text).expect("write config");
+    let mut check = Command::new(BIN);
+    // Only the file counts: overrides in the environment running the tests would change it.
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("ACCOUNT_GATE__") {
+            check.env_remove(var);
+        }
+    }
+    let output = check
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("run account-gate check-config");
+    assert!(
+        output.status.success(),
+        "account-gate check-config rejects the TOML of ConfigMap {key}:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    stdout.parse().expect("check-config prints TOML")
+}
+
+fn duration(config: &toml::Table, section: &str, key: &str) -> Duration {
+    let text = config[section][key].as_str().expect("a duration string");
+    humantime::parse_duration(text).expect("a humantime duration")
+}
+
+fn port_of(address: &str) -> u16 {
+    address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("host:port")
+}
+
+/// Whether `selector` (matchLabels only; the manifests use nothing else) selects `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    assert!(
+        selector.get("matchExpressions").is_none(),
+        "matchExpressions: teach tests/deploy.rs to evaluate them"
+    );
+    let wanted = selector["matchLabels"].as_object();
+    wanted.is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels[k] == *v))
+}
+
+/// Every container of a pod spec, init containers first.
+fn containers(pod: &Value) -> impl Iterator<Item = &Value> {
+    ["initContainers", "containers"]
+        .into_iter()
+        .filter_map(|field| pod[field].as_array())
+        .flatten()
+}
+
+/// The container port `port` (a name or a number) refers to.
+fn container_port(container: &Value, port: &Value) -> Option<u64> {
+    if let Some(number) = port.as_u64() {
+        return Some(number);
+    }
+    container["ports"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == *port)
+        .and_then(|p| p["containerPort"].as_u64())
+}
+
+#[test]
+fn every_manifest_validates_against_the_kubernetes_schemas() {
+    for variant in variants() {
+        assert!(!variant.docs.is_empty(), "{}: no manifests", variant.name);
+        assert!(
+            variant.schema_errors.is_empty(),
+            "{}: invalid against the Kubernetes {:?} schemas:\n{}",
+            variant.name,
+            variant.versions,
+            variant.schema_errors.join("\n")
+        );
+    }
+}
+
+#[test]
+fn every_configmap_toml_passes_check_config() {
+    let mut seen = 0;
+    for variant in variants() {
+        for configmap in variant.of_kind("ConfigMap") {
+            assert!(
+                configmap["data"][CONFIG_KEY].is_string(),
+                "{}: ConfigMap {} has no key {CONFIG_KEY}",
+                variant.name,
+                name(configmap)
+            );
+            effective_config(variant, name(configmap));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no ConfigMap holds a gateway configuration");
+}
+
+#[test]
+fn prometheus_monitors_name_a_port_of_what_they_select() {
+    for variant in variants() {
+        let monitors: Vec<&Value> = variant
+            .docs
+            .iter()
+            .filter(|doc| {
+                doc["apiVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("monitoring.")
+            })
+            .collect();
+        assert!(
+            !monitors.is_empty(),
+            "{}: nothing scrapes the gateway",
+            variant.name
+        );
+        for monitor in monitors {
+            let what = format!("{}: {} {}", variant.name, kind(monitor), name(monitor));
+            assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1", "{what}");
+            assert!(
+                !name(monitor).is_empty(),
+                "{what}: metadata.name is required"
+            );
+            let selector = &monitor["spec"]["selector"];
+            assert!(selector.is_object(), "{what}: spec.selector is required");
+            let field = match kind(monitor) {
+                // `port` names a container port of a selected pod.
+                "PodMonitor" => "podMetricsEndpoints",
+                // `port` names a port of a selected Service.
+                "ServiceMonitor" => "endpoints",
+                other => panic!("{what}: no check for kind {other}; add one"),
+            };
+            let endpoints = monitor["spec"][field].as_array();
+            assert!(
+                endpoints.is_some_and(|e| !e.is_empty()),
+                "{what}: spec.{field} is empty"
+            );
+            for endpoint in endpoints.into_iter().flatten() {
+                let port = endpoint["port"].as_str();
+                assert!(port.is_some(), "{what}: every endpoint needs a named port");
+                let found = match kind(monitor) {
+                    "PodMonitor" => variant
+                        .pod_templates()
+                        .filter(|(_, t)| selects(selector, &t["metadata"]["labels"]))
+                        .flat_map(|(_, t)| containers(&t["spec"]).collect::<Vec<_>>())
+                        .any(|c| container_port(c, &endpoint["port"]).is_some()),
+                    _ => variant
+                        .of_kind("Service")
+                        .filter(|s| selects(selector, &s["metadata"]["labels"]))
+                        .flat_map(|s| s["spec"]["ports"].as_array().into_iter().flatten())
+                        .any(|p| p["name"] == endpoint["port"]),
+                };
+                assert!(found, "{what}: nothing it selects has a port {port:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn services_autoscalers_and_budgets_point_at_a_workload() {
+    for variant in variants() {
+        let templates: Vec<(&str, &Value)> = variant.pod_templates().collect();
+        let selected = |selector: &Value| {
+            templates
+                .iter()
+                .filter(|(_, t)| selects(selector, &t["metadata"]["labels"]))
+                .map(|(_, t)| *t)
+                .collect::<Vec<_>>()
+        };
+        for service in variant.of_kind("Service") {
+            let what = format!("{}: Service {}", variant.name, name(service));
+            let pods = selected(&serde_json::json!({ "matchLabels": service["spec"]["selector"] }));
+            assert!(!pods.is_empty(), "{what} selects no pods");
+            for port in service["spec"]["ports"].as_array().into_iter().flatten() {
+                let target = &port["targetPort"];
+                let resolves = pods
+                    .iter()
+                    .any(|t| containers(&t["spec"]).any(|c| container_port(c, target).is_some()));
+                assert!(resolves, "{what}: targetPort {target} is no container port");
+            }
+        }
+        for pdb in variant.of_kind("PodDisruptionBudget") {
+            assert!(
+                !selected(&pdb["spec"]["selector"]).is_empty(),
+                "{}: PodDisruptionBudget {} selects no pods",
+                variant.name,
+                name(pdb)
+            );
+        }
+        for hpa in variant.of_kind("HorizontalPodAutoscaler") {
+            let target = &hpa["spec"]["scaleTargetRef"];
+            let what = format!("{}: HorizontalPodAutoscaler {}", variant.name, name(hpa));
+            let workload = target["kind"]
+                .as_str()
+                .and_then(|k| variant.named(k, target["name"].as_str().unwrap_or("")));
+            let workload = workload.unwrap_or_else(|| panic!("{what}: no {target}"));
+            // A replica count in the manifest would be reset by every `kubectl apply`,
+            // fighting the autoscaler.
+            assert!(
+                workload["spec"]["replicas"].is_null(),
+                "{what}: {} sets spec.replicas",
+                name(workload)
+            );
+        }
+    }
+}
+
+#[test]
+fn every_container_is_locked_down() {
+    for variant in variants() {
+        for (workload, template) in variant.pod_templates() {
+            let pod = &template["spec"];
+            let pod_security = &pod["securityContext"];
+            assert_eq!(
+                pod["automountServiceAccountToken"], false,
+                "{}: {workload} needs no Kubernetes API token",
+                variant.name
+            );
+            for container in containers(pod) {
+                let what = format!("{}: {workload}/{}", variant.name, name_of(container));
+                let security = &container["securityContext"];
+                // A container's setting wins over the pod's.
+                let effective = |field: &str| match &security[field] {
+                    Value::Null => &pod_security[field],
+                    value => value,
+                };
+                assert_eq!(*effective("runAsNonRoot"), true, "{what}: runAsNonRoot");
+                assert_eq!(
+                    effective("seccompProfile")["type"],
+                    "RuntimeDefault",
+                    "{what}: seccompProfile"
+                );
+                assert_eq!(security["readOnlyRootFilesystem"], true, "{what}");
+                assert_eq!(security["allowPrivilegeEscalation"], false, "{what}");
+                let drops = security["capabilities"]["drop"].as_array();
+                assert!(
+                    drops.is_some_and(|d| d.iter().any(|c| c == "ALL")),
+                    "{what}: capabilities must drop ALL"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gateway_containers_have_probes_resources_config_and_time_to_drain() {
+    let mut seen = 0;
+    for variant in variants() {
+        for (workload, template) in variant.pod_templates() {
+            let pod = &template["spec"];
+            let Some(gateway) = containers(pod).find(|c| c["name"] == GATEWAY) else {
+                continue;
+            };
+            seen += 1;
+            let what = format!("{}: {workload}/{GATEWAY}", variant.name);
+            let is_init = pod["initContainers"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == GATEWAY));
+            if is_init {
+                // Without it an init container would have to exit before the pod starts.
+                assert_eq!(gateway["restartPolicy"], "Always", "{what}: native sidecar");
+            }
+
+            // The configuration: a whole-directory mount (a subPath never sees updates) of a
+            // ConfigMap of this variant.
+            let mount = gateway["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["mountPath"] == "/etc/account-gate")
+                .unwrap_or_else(|| panic!("{what}: nothing mounted at /etc/account-gate"));
+            assert!(mount["subPath"].is_null(), "{what}: subPath config mount");
+            let volume = pod["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap_or_else(|| panic!("{what}: no volume {}", mount["name"]));
+            let configmap = volume["configMap"]["name"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{what}: the config volume is no ConfigMap"));
+            let config = effective_config(variant, configmap);
+
+            // Probes on the admin port, which must be reachable from the kubelet.
+            let admin_listen = config["server"]["admin_listen"]
+                .as_str()
+                .expect("admin_listen");
+            assert!(
+                !admin_listen.starts_with("127.") && !admin_listen.starts_with("[::1]"),
+                "{what}: admin_listen {admin_listen} is unreachable for probes and Prometheus"
+            );
+            let admin_port = u64::from(port_of(admin_listen));
+            for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+                let get = &gateway[probe]["httpGet"];
+                assert_eq!(get["path"], path, "{what}: {probe}");
+                assert_eq!(
+                    container_port(gateway, &get["port"]),
+                    Some(admin_port),
+                    "{what}: {probe} must hit the admin port"
+                );
+            }
+
+            let resources = &gateway["resources"];
+            for (section, resource) in [
+                ("requests", "cpu"),
+                ("requests", "memory"),
+                ("limits", "memory"),
+            ] {
+                assert!(
+                    resources[section][resource].is_string(),
+                    "{what}: resources.{section}.{resource} is not set"
+                );
+            }
+
+            // The pod must outlive the gateway's drain, or the kubelet's SIGKILL cuts requests.
+            let drain = duration(&config, "server", "shutdown_delay")
+                + duration(&config, "server", "shutdown_grace");
+            // 30 s is the Kubernetes default.
+            let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+            assert!(
+                Duration::from_secs(grace) > drain,
+                "{what}: terminationGracePeriodSeconds {grace} is not above shutdown_delay + \
+                 shutdown_grace ({drain:?})"
+            );
+        }
+    }
+    assert!(seen > 0, "no workload runs a container named {GATEWAY}");
+}
