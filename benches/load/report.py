@@ -1,0 +1,86 @@
+"""Summarises a load run: medians per target, ratios against the targets of issue 8, JSON + SVG."""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+path, idle_kib, conns_kib, start_ms, cores, cpu = sys.argv[1:7]
+rows = defaultdict(list)
+for line in open(path):
+    name, _round, rps, p50, p99, bad = line.rstrip("\n").split("\t")
+    rows[name].append((float(rps), float(p50), float(p99), int(bad)))
+
+summary = {}
+for name, samples in rows.items():
+    summary[name] = {
+        "rps": statistics.median(s[0] for s in samples),
+        "p50_ms": statistics.median(s[1] for s in samples),
+        "p99_ms": statistics.median(s[2] for s in samples),
+        "failed": sum(s[3] for s in samples),
+        "rounds": len(samples),
+    }
+
+print(f"\n{'target':<16}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}")
+for name, s in summary.items():
+    print(f"{name:<16}{s['rps']:>12.0f}{s['p50_ms']:>10.3f}{s['p99_ms']:>10.3f}{s['failed']:>8}")
+
+def ratio(a, b):
+    return summary[a]["rps"] / summary[b]["rps"] if a in summary and b in summary else None
+
+checks = [
+    ("HS256 signature mode vs HAProxy jwt_verify", "gate-hs256", "haproxy-hs256", 1.3),
+    ("RS256 signature mode vs HAProxy jwt_verify", "gate-rs256", "haproxy-rs256", 2.5),
+    ("issued mode vs nginx plain proxy", "gate-issued", "nginx", 0.85),
+    ("sign-up POST vs nginx plain proxy", "gate-signup", "nginx-signup", 0.8),
+]
+results = []
+print()
+for label, a, b, target in checks:
+    r = ratio(a, b)
+    if r is None:
+        print(f"{label}: skipped")
+        continue
+    p99 = (summary[a]["p99_ms"], summary[b]["p99_ms"])
+    verdict = "meets" if r >= target else "MISSES"
+    print(f"{label}: {r:.2f}x (target >= {target}x, {verdict}); p99 {p99[0]:.2f} ms vs {p99[1]:.2f} ms")
+    results.append({"check": label, "ratio": round(r, 3), "target": target, "p99_ms": p99})
+memory = {"idle_rss_mib": int(idle_kib) / 1024, "rss_1000_idle_conns_mib": int(conns_kib) / 1024,
+          "startup_to_ready_ms": float(start_ms)}
+print(f"\nidle RSS {memory['idle_rss_mib']:.1f} MiB (target <= 12); with 1000 idle keep-alive "
+      f"connections {memory['rss_1000_idle_conns_mib']:.1f} MiB (target <= 48); start-up to ready "
+      f"{memory['startup_to_ready_ms']:.0f} ms (target <= 100)")
+
+machine = f"{cores} cores, {cpu}"
+json.dump({"machine": machine, "targets": summary, "ratios": results, "memory": memory},
+          open("benches/results/load.json", "w"), indent=2)
+
+# A grouped bar chart: req/s and p99 per target, the pairs side by side.
+pairs = [("issued vs nginx", "gate-issued", "nginx"), ("HS256", "gate-hs256", "haproxy-hs256"),
+         ("RS256", "gate-rs256", "haproxy-rs256"), ("sign-up POST", "gate-signup", "nginx-signup")]
+pairs = [p for p in pairs if p[1] in summary and p[2] in summary]
+W, H, pad = 760, 300, 50
+def panel(x0, title, key, unit):
+    top = max(max(summary[a][key], summary[b][key]) for _, a, b in pairs) or 1
+    out = [f'<text x="{x0 + 170}" y="20" font-size="14" text-anchor="middle">{title}</text>']
+    group = (340 - pad) / len(pairs)
+    for i, (label, a, b) in enumerate(pairs):
+        for j, (name, color) in enumerate([(a, "#2b7bb9"), (b, "#b9772b")]):
+            v = summary[name][key]
+            h = (H - 90) * v / top
+            x = x0 + pad + i * group + j * (group / 2 - 4)
+            out.append(f'<rect x="{x:.0f}" y="{H - 50 - h:.0f}" width="{group / 2 - 8:.0f}" height="{h:.0f}" fill="{color}"/>')
+            text = f"{v:.0f}" if key == "rps" else f"{v:.2f}"
+            out.append(f'<text x="{x + group / 4 - 4:.0f}" y="{H - 55 - h:.0f}" font-size="9" text-anchor="middle">{text}</text>')
+        out.append(f'<text x="{x0 + pad + i * group + group / 2 - 4:.0f}" y="{H - 35}" font-size="10" text-anchor="middle">{label}</text>')
+    out.append(f'<text x="{x0 + 12}" y="{H / 2}" font-size="10" transform="rotate(-90 {x0 + 12} {H / 2})">{unit}</text>')
+    return out
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif">',
+       '<rect width="100%" height="100%" fill="white"/>']
+svg += panel(0, "throughput (higher is better)", "rps", "req/s")
+svg += panel(380, "p99 latency (lower is better)", "p99_ms", "ms")
+svg.append(f'<rect x="250" y="{H - 20}" width="10" height="10" fill="#2b7bb9"/><text x="265" y="{H - 11}" font-size="10">account-gate</text>')
+svg.append(f'<rect x="360" y="{H - 20}" width="10" height="10" fill="#b9772b"/><text x="375" y="{H - 11}" font-size="10">nginx / HAProxy jwt_verify</text>')
+svg.append(f'<text x="{W - 5}" y="{H - 11}" font-size="9" text-anchor="end">{machine}, one core per proxy</text>')
+svg.append("</svg>")
+open("benches/results/load.svg", "w").write("\n".join(svg))
+print("wrote benches/results/load.json and benches/results/load.svg")

@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# Whole-process load benchmark: account-gate against the proxies an operator would use instead,
+# in one run on one machine, reported as ratios (this machine is shared; ratios drift far less
+# than absolute numbers).
+#
+#   benches/load/run.sh                 # 3 rounds of 5 s per target, 32 connections
+#   ROUNDS=5 DURATION=10 CONNS=64 benches/load/run.sh
+#
+# One nginx serves a static JSON answer as the upstream. In front of it, each on the SAME single
+# core (taskset -c 0): nginx plain proxy_pass (no validation), HAProxy with jwt_verify doing the
+# gateway's checks (pinned alg, signature, exp, scope == the account in the path), and
+# account-gate (issued mode, HS256 signature mode, RS256 signature mode). wrk and the upstream
+# share the other core. Rounds alternate the targets. Everything listens on 127.0.0.1 and every
+# wrk run stops by itself after DURATION seconds.
+#
+# Writes benches/results/load.json and benches/results/load.svg; prints the table and ratios.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-32}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+
+missing=()
+for tool in nginx haproxy wrk taskset python3 curl; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq >/dev/null 2>&1 || true
+  apt-get install -y -qq "${missing[@]/taskset/util-linux}" >/dev/null 2>&1 || true
+fi
+skip_haproxy=0
+command -v haproxy >/dev/null 2>&1 || { echo "SKIPPED: haproxy is not installed and could not be; no HAProxy rows"; skip_haproxy=1; }
+for tool in nginx wrk python3 curl; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "needs $tool, which could not be installed"; exit 1; }
+done
+
+cargo build --release --quiet --bin account-gate --example mint
+BIN=$PWD/target/release/account-gate
+MINT=$PWD/target/release/examples/mint
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+SECRET=bench-hs256-secret-0123456789abcdef
+ACCOUNT=acc-bench-1
+MEMBER=mem-bench-1
+HS_TOKEN=$("$MINT" hs256 "$SECRET" "$MEMBER" "$ACCOUNT" 86400)
+RS_TOKEN=$("$MINT" rs256 tests/fixtures/keys/rsa-a.key.pem "$MEMBER" "$ACCOUNT" 86400)
+EXPIRES=$(python3 -c 'import datetime; print((datetime.datetime.utcnow()+datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z"))')
+printf '%s' "$SECRET" > "$work/hs256.secret"
+cp tests/fixtures/keys/rsa-a.pub.pem "$work/rsa.pub.pem"
+SIGNUP_ANSWER="{\"meta\":{\"page\":{\"limit\":20,\"offset\":0,\"current\":1,\"total\":1},\"results\":{\"total\":1},\"account_member_id\":\"$MEMBER\"},\"data\":[{\"account_name\":\"bench\",\"account_id\":\"$ACCOUNT\",\"token\":\"$HS_TOKEN\",\"type\":\"account_management_authentication_token\",\"expires\":\"$EXPIRES\"}],\"links\":{}}"
+
+UP=$(port); NGX=$(port); HA_HS=$(port); HA_RS=$(port)
+GW_ISSUED=$(port); GW_HS=$(port); GW_RS=$(port)
+
+cat > "$work/nginx-upstream.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/upstream.pid;
+error_log $work/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$UP;
+    default_type application/json;
+    location = /v2/account-members/tokens { return 201 '$SIGNUP_ANSWER'; }
+    location / { return 200 '{"data":{"id":"$ACCOUNT","type":"account","name":"bench"}}'; }
+  }
+}
+NGINX
+cat > "$work/nginx-proxy.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/proxy.pid;
+error_log $work/proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream origin { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+# HAProxy doing what the gateway does in signature mode: one token header, alg pinned, signature,
+# exp not past, scope equal to the account id in the path.
+haproxy_frontend() { # name port alg key
+  cat <<HA
+frontend $1
+  bind 127.0.0.1:$2
+  http-request set-var(txn.tok) req.hdr(EP-Account-Management-Authentication-Token)
+  http-request deny deny_status 401 unless { var(txn.tok) -m found }
+  http-request deny deny_status 401 unless { var(txn.tok),jwt_header_query('\$.alg') -m str $3 }
+  http-request deny deny_status 401 unless { var(txn.tok),jwt_verify("$3","$4") -m int 1 }
+  http-request set-var(txn.now) date()
+  http-request set-var(txn.exp) var(txn.tok),jwt_payload_query('\$.exp','int')
+  http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
+  http-request set-var(txn.scope) var(txn.tok),jwt_payload_query('\$.scope')
+  http-request set-var(txn.account) path,field(4,/)
+  http-request deny deny_status 403 unless { var(txn.scope),strcmp(txn.account) eq 0 }
+  default_backend origin
+HA
+}
+{
+  cat <<HA
+global
+  nbthread 1
+  maxconn 8192
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+backend origin
+  http-reuse always
+  server up 127.0.0.1:$UP maxconn 1024
+HA
+  haproxy_frontend hs "$HA_HS" HS256 "$SECRET"
+  haproxy_frontend rs "$HA_RS" RS256 "$work/rsa.pub.pem"
+} > "$work/haproxy.cfg"
+
+gate_config() { # name port admin extra
+  cat > "$work/$1.toml" <<TOML
+[server]
+listen = "127.0.0.1:$2"
+admin_listen = "127.0.0.1:$3"
+worker_threads = 1
+config_poll_interval = "0s"
+[upstream]
+url = "http://127.0.0.1:$UP"
+[log]
+level = "warn"
+[rate_limit]
+# Off, as nginx and HAProxy have none here: the benchmark measures the checks, not the limits.
+signup_per_ip = 0
+signup_per_username = 0
+login_per_ip = 0
+login_per_username = 0
+$4
+TOML
+}
+gate_config issued "$GW_ISSUED" "$(port)" ""
+gate_config hs "$GW_HS" "$(port)" "[tokens]
+mode = \"signature\"
+[tokens.signature]
+algorithms = [\"HS256\"]
+hs256_secret_file = \"$work/hs256.secret\""
+gate_config rs "$GW_RS" "$(port)" "[tokens]
+mode = \"signature\"
+[tokens.signature]
+algorithms = [\"RS256\"]
+public_key_file = \"$work/rsa.pub.pem\""
+
+taskset -c "$LOAD_CPU" nginx -c "$work/nginx-upstream.conf" -p "$work" & pids+=($!)
+taskset -c "$PROXY_CPU" nginx -c "$work/nginx-proxy.conf" -p "$work" & pids+=($!)
+[ "$skip_haproxy" = 1 ] || { taskset -c "$PROXY_CPU" haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!); }
+for g in issued hs rs; do
+  taskset -c "$PROXY_CPU" "$BIN" run --config "$work/$g.toml" 2>"$work/$g.log" & pids+=($!)
+  eval "pid_$g=$!"
+done
+
+ACC_PATH=/v2/accounts/$ACCOUNT/addresses
+ready() { for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; echo "port $1 never came up"; exit 1; }
+for p in $UP $NGX $GW_ISSUED $GW_HS $GW_RS; do ready "$p"; done
+[ "$skip_haproxy" = 1 ] || { ready "$HA_HS"; ready "$HA_RS"; }
+
+LOGIN='{"data":{"type":"account_management_authentication_token","authentication_mechanism":"password","password_profile_id":"bench-profile","username":"bench@example.com","password":"bench-password"}}'
+# Teach the issued-mode gateway its token: a login through it.
+curl -s -o /dev/null -X POST "http://127.0.0.1:$GW_ISSUED/v2/account-members/tokens" \
+  -H 'Content-Type: application/json' -H 'Authorization: Bearer bench' -d "$LOGIN"
+
+# Each target must accept the good token and refuse a tampered one, or the numbers mean nothing.
+check() { # name port token
+  local good bad
+  good=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$2$ACC_PATH" -H "EP-Account-Management-Authentication-Token: $3")
+  bad=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$2$ACC_PATH" -H "EP-Account-Management-Authentication-Token: ${3%?}x")
+  other=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$2/v2/accounts/someone-else" -H "EP-Account-Management-Authentication-Token: $3")
+  echo "check $1: good $good, tampered $bad, other account $other"
+  [ "$good" = 200 ] && [ "$bad" = 401 ] && [ "$other" = 403 ] || { echo "$1 does not validate as expected"; exit 1; }
+}
+check gate-issued "$GW_ISSUED" "$HS_TOKEN"
+check gate-hs256 "$GW_HS" "$HS_TOKEN"
+check gate-rs256 "$GW_RS" "$RS_TOKEN"
+[ "$skip_haproxy" = 1 ] || { check haproxy-hs256 "$HA_HS" "$HS_TOKEN"; check haproxy-rs256 "$HA_RS" "$RS_TOKEN"; }
+
+cat > "$work/login.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$LOGIN'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer bench"
+LUA
+
+# name|url|token|lua
+targets=(
+  "direct|http://127.0.0.1:$UP$ACC_PATH||"
+  "nginx|http://127.0.0.1:$NGX$ACC_PATH|$HS_TOKEN|"
+  "gate-issued|http://127.0.0.1:$GW_ISSUED$ACC_PATH|$HS_TOKEN|"
+  "gate-hs256|http://127.0.0.1:$GW_HS$ACC_PATH|$HS_TOKEN|"
+  "gate-rs256|http://127.0.0.1:$GW_RS$ACC_PATH|$RS_TOKEN|"
+  "nginx-signup|http://127.0.0.1:$NGX/v2/account-members/tokens||$work/login.lua"
+  "gate-signup|http://127.0.0.1:$GW_ISSUED/v2/account-members/tokens||$work/login.lua"
+)
+[ "$skip_haproxy" = 1 ] || targets+=(
+  "haproxy-hs256|http://127.0.0.1:$HA_HS$ACC_PATH|$HS_TOKEN|"
+  "haproxy-rs256|http://127.0.0.1:$HA_RS$ACC_PATH|$RS_TOKEN|"
+)
+
+results=$work/results.tsv
+: > "$results"
+echo "rounds=$ROUNDS duration=${DURATION}s connections=$CONNS proxies on cpu $PROXY_CPU, wrk+upstream on cpu $LOAD_CPU"
+for round in $(seq "$ROUNDS"); do
+  # Alternate the order each round so no target always runs first or last.
+  if [ $((round % 2)) = 0 ]; then order=$(seq $((${#targets[@]} - 1)) -1 0); else order=$(seq 0 $((${#targets[@]} - 1))); fi
+  for i in $order; do
+    IFS='|' read -r name url token lua <<<"${targets[$i]}"
+    args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
+    [ -n "$token" ] && args+=(-H "EP-Account-Management-Authentication-Token: $token")
+    [ -n "$lua" ] && args+=(-s "$lua")
+    out=$(taskset -c "$LOAD_CPU" wrk "${args[@]}" "$url")
+    echo "$out" | python3 benches/load/parse_wrk.py "$name" "$round" >> "$results"
+    tail -n1 "$results"
+  done
+done
+
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# Memory and start-up, on a fresh gateway.
+MEM_PORT=$(port); MEM_ADMIN=$(port)
+gate_config mem "$MEM_PORT" "$MEM_ADMIN" ""
+read -r start_ms mem_pid < <(python3 benches/load/startup.py "$BIN" "$work/mem.toml" "$MEM_ADMIN")
+pids+=("$mem_pid")
+idle_kib=$(rss "$mem_pid")
+conns_kib=$(python3 benches/load/idle_conns.py "$MEM_PORT" 1000 "$mem_pid")
+
+python3 benches/load/report.py "$results" "$idle_kib" "$conns_kib" "$start_ms" "$(nproc)" \
+  "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
