@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::admin_api::AdminApi;
-use crate::config::{Config, SecretRef};
+use crate::config::{Config, Secret, SecretRef};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Upstream};
 use crate::scope::{Rule, Rules};
@@ -75,23 +75,8 @@ impl Generation {
             verifier.clone(),
             shared.metrics.clone(),
         ));
-        let api = match &config.admin.token {
-            None => None,
-            Some(reference) => {
-                let key = match reference {
-                    SecretRef::Env(_) => "admin.token_env",
-                    SecretRef::File(_) => "admin.token_file",
-                };
-                let token = reference
-                    .resolve()
-                    .map_err(|source| StartError::Secret { key, source })?;
-                Some(AdminApi::new(
-                    &token,
-                    shared.store.clone(),
-                    validator.clone(),
-                ))
-            }
-        };
+        let api = resolve_secret(config.admin.token.as_ref(), "admin.token")?
+            .map(|token| AdminApi::new(&token, shared.store.clone(), validator.clone()));
         let signup = Signup::new(
             signup_settings(&config),
             limiter.clone(),
@@ -166,19 +151,11 @@ fn validator_settings(config: &Config) -> ValidatorSettings {
 /// The verifier's settings: secrets resolved and key files read.
 fn signature_settings(config: &Config) -> Result<SignatureSettings, StartError> {
     let signature = &config.tokens.signature;
-    let hs256_secret = match signature.hs256_secret() {
-        None => None,
-        Some(reference) => {
-            let key = match reference {
-                SecretRef::Env(_) => "tokens.signature.hs256_secret_env",
-                SecretRef::File(_) => "tokens.signature.hs256_secret_file",
-            };
-            let secret = reference
-                .resolve()
-                .map_err(|source| StartError::Secret { key, source })?;
-            Some(secret.expose().as_bytes().to_vec())
-        }
-    };
+    let hs256_secret = resolve_secret(
+        signature.hs256_secret().as_ref(),
+        "tokens.signature.hs256_secret",
+    )?
+    .map(|secret| secret.expose().as_bytes().to_vec());
     let public_keys = match &signature.public_key_file {
         None => Vec::new(),
         Some(path) => vec![std::fs::read(path).map_err(|source| StartError::KeyFile {
@@ -231,4 +208,26 @@ fn rate_limits(config: &Config) -> RateLimits {
         login_per_ip: limits.login_per_ip,
         login_per_username: limits.login_per_username,
     }
+}
+
+/// Resolves an optional secret reference. `key` names it without its `_env`/`_file` suffix
+/// (`admin.token`), for the error.
+pub(crate) fn resolve_secret(
+    reference: Option<&SecretRef>,
+    key: &str,
+) -> Result<Option<Secret>, StartError> {
+    let Some(reference) = reference else {
+        return Ok(None);
+    };
+    let suffix = match reference {
+        SecretRef::Env(_) => "_env",
+        SecretRef::File(_) => "_file",
+    };
+    reference
+        .resolve()
+        .map(Some)
+        .map_err(|source| StartError::Secret {
+            key: format!("{key}{suffix}"),
+            source,
+        })
 }

@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, Health};
-use crate::config::{Config, SecretError, SecretRef, StoreBackend};
-use crate::generation::{Generation, Shared};
+use crate::config::{Config, SecretError, StoreBackend};
+use crate::generation::{resolve_secret, Generation, Shared};
 use crate::metrics::Metrics;
 use crate::proxy::{self, ListenerSettings, UpstreamSetupError};
 use crate::reload::Reloader;
@@ -41,7 +41,7 @@ pub enum StartError {
     /// A secret the configuration references is missing.
     #[error("{key}: {source}")]
     Secret {
-        key: &'static str,
+        key: String,
         #[source]
         source: SecretError,
     },
@@ -210,19 +210,8 @@ fn build_store(config: &Config, metrics: &Metrics) -> Result<Store, StartError> 
             ..MemoryStoreOptions::with_max_entries(store.max_entries)
         })));
     }
-    let password = match store.redis_password() {
-        None => None,
-        Some(reference) => {
-            let key = match reference {
-                SecretRef::Env(_) => "store.redis_password_env",
-                SecretRef::File(_) => "store.redis_password_file",
-            };
-            let secret = reference
-                .resolve()
-                .map_err(|source| StartError::Secret { key, source })?;
-            Some(secret.expose().to_owned())
-        }
-    };
+    let password = resolve_secret(store.redis_password().as_ref(), "store.redis_password")?
+        .map(|secret| secret.expose().to_owned());
     let redis = RedisStore::new(RedisStoreOptions {
         url: store.redis_url.clone().unwrap_or_default(),
         cluster: store.redis_cluster,
