@@ -102,3 +102,160 @@ async fn read_request(stream: &mut TcpStream) -> Option<()> {
     }
     Some(())
 }
+
+/// One answer read off a raw connection.
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    pub status: u16,
+    /// The head, lower-cased, without the status line.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// The JSON:API `code` of a gateway-written answer, or `""`.
+    pub fn code(&self) -> String {
+        self.error_member("code")
+    }
+
+    /// The JSON:API `source.pointer`, or `""`.
+    pub fn pointer(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| {
+                v["errors"][0]["source"]["pointer"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default()
+    }
+
+    fn error_member(&self, name: &str) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["errors"][0][name].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// A client that writes exactly the bytes it is given: for requests no HTTP library would send.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        RawClient {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Writes `bytes` (errors ignored: the peer may already have given up on us).
+    pub async fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Closes the writing half, as a client that has nothing more to send.
+    pub async fn close_write(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Reads the next answer (Content-Length, chunked or until close); `None` if the connection
+    /// closes before a complete head, or nothing arrives within `within`.
+    pub async fn answer(&mut self, within: std::time::Duration) -> Option<RawAnswer> {
+        tokio::time::timeout(within, self.read_answer())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Whether the server closes the connection (EOF or reset) within `within`, discarding
+    /// anything it sends first.
+    pub async fn closed_within(&mut self, within: std::time::Duration) -> bool {
+        let mut chunk = [0u8; 4096];
+        tokio::time::timeout(within, async {
+            loop {
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    async fn read_answer(&mut self) -> Option<RawAnswer> {
+        let head_end = loop {
+            if let Some(pos) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            if !self.fill().await {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buffer[..head_end]).to_ascii_lowercase();
+        self.buffer.drain(..head_end);
+        let mut lines = head.lines();
+        let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let head: String = lines.collect::<Vec<_>>().join("\n");
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        let body = if let Some(length) = header("content-length:") {
+            let length: usize = length.parse().ok()?;
+            while self.buffer.len() < length {
+                if !self.fill().await {
+                    return None;
+                }
+            }
+            self.buffer.drain(..length).collect()
+        } else if header("transfer-encoding:").is_some_and(|te| te.contains("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let line_end = loop {
+                    if let Some(pos) = self.buffer.windows(2).position(|w| w == b"\r\n") {
+                        break pos;
+                    }
+                    if !self.fill().await {
+                        return None;
+                    }
+                };
+                let size = String::from_utf8_lossy(&self.buffer[..line_end]).into_owned();
+                let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+                self.buffer.drain(..line_end + 2);
+                while self.buffer.len() < size + 2 {
+                    if !self.fill().await {
+                        return None;
+                    }
+                }
+                body.extend(self.buffer.drain(..size));
+                self.buffer.drain(..2);
+                if size == 0 {
+                    break body;
+                }
+            }
+        } else if (100..200).contains(&status) || status == 204 || status == 304 {
+            Vec::new()
+        } else {
+            while self.fill().await {}
+            std::mem::take(&mut self.buffer)
+        };
+        Some(RawAnswer { status, head, body })
+    }
+}
