@@ -259,3 +259,103 @@ impl RawClient {
         Some(RawAnswer { status, head, body })
     }
 }
+
+/// A deliberately naive HTTP/1.1 upstream that logs the request line of every request it
+/// parses — trusting `Content-Length` over `Transfer-Encoding`, as the back ends that request
+/// smuggling exploits do — and answers each `200 ok`. If a proxy in front of it ever lets one
+/// client request become two here, the second shows up in [`LoggingUpstream::lines`].
+pub struct LoggingUpstream {
+    pub addr: SocketAddr,
+    pub url: String,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl LoggingUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let log = lines.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+                    _ = &mut stopped => return,
+                };
+                tokio::spawn(serve_naively(stream, log.clone()));
+            }
+        });
+        LoggingUpstream {
+            addr,
+            url: format!("http://{addr}"),
+            lines,
+            _stop: stop,
+        }
+    }
+
+    /// Every request line received so far (and any unparsable bytes, as one line).
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lock").clone()
+    }
+}
+
+async fn serve_naively(mut stream: TcpStream, log: Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let head_end = loop {
+            if let Some(pos) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    if !buffer.is_empty() {
+                        let rest = String::from_utf8_lossy(&buffer).into_owned();
+                        log.lock().expect("lock").push(rest);
+                    }
+                    return;
+                }
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        buffer.drain(..head_end);
+        log.lock()
+            .expect("lock")
+            .push(head.lines().next().unwrap_or_default().to_owned());
+        let lower = head.to_ascii_lowercase();
+        let header = |name: &str| {
+            lower
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        if let Some(length) = header("content-length:").and_then(|v| v.parse::<usize>().ok()) {
+            while buffer.len() < length {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buffer.drain(..length);
+        } else if header("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+            // Up to and including the last chunk and the empty trailer.
+            loop {
+                if let Some(pos) = buffer.windows(5).position(|w| w == b"0\r\n\r\n") {
+                    buffer.drain(..pos + 5);
+                    break;
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+    }
+}
