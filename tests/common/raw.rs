@@ -76,7 +76,7 @@ pub fn http_response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
 }
 
 /// Reads one request head and its `Content-Length` body; `None` if the peer went away first.
-async fn read_request(stream: &mut TcpStream) -> Option<()> {
+pub async fn read_request(stream: &mut TcpStream) -> Option<()> {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {
