@@ -166,6 +166,16 @@ async fn smuggling_attempts_are_refused_or_reframed_and_never_reach_the_upstream
             Outcome::Rejected,
         ),
         (
+            // httparse reads a bare LF as a line end (RFC 9112 §2.2 allows it); the message
+            // is then CL.TE, decoded as chunked and written upstream with CRLFs of our own.
+            "bare LF ending the line before Transfer-Encoding",
+            head(
+                "X-Note: a\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n",
+                &chunked_body,
+            ),
+            Outcome::Normalised,
+        ),
+        (
             "obsolete line folding",
             head(
                 "X-Note: a\r\n Transfer-Encoding: chunked\r\n",

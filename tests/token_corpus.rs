@@ -255,7 +255,11 @@ fn load_corpus() -> Vec<(String, Case)> {
         .map(|entry| entry.expect("entry").path())
         .filter(|path| path.extension().is_some_and(|e| e == "toml"))
         .map(|path| {
-            let name = path.file_name().expect("name").to_string_lossy().into_owned();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
             let text = std::fs::read_to_string(&path).expect("read case");
             let case: Case =
                 toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: bad case file: {e}"));
@@ -275,9 +279,12 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 async fn emulator() -> EmulatorHandle {
-    Emulator::spawn("127.0.0.1:0".parse().expect("addr"), EmulatorOptions::default())
-        .await
-        .expect("emulator")
+    Emulator::spawn(
+        "127.0.0.1:0".parse().expect("addr"),
+        EmulatorOptions::default(),
+    )
+    .await
+    .expect("emulator")
 }
 
 /// Gateway settings every target shares: heads large enough that a 64 KiB token reaches the
@@ -394,11 +401,23 @@ async fn every_hostile_token_is_refused_locally_with_its_code() {
     let mut targets: BTreeMap<&str, Target> = BTreeMap::new();
     targets.insert(
         "issued",
-        issued_target(&emulator, UnknownTokens::Upstream, "corpus@example.com", true).await,
+        issued_target(
+            &emulator,
+            UnknownTokens::Upstream,
+            "corpus@example.com",
+            true,
+        )
+        .await,
     );
     targets.insert(
         "issued-strict",
-        issued_target(&emulator, UnknownTokens::Reject, "corpus@example.com", false).await,
+        issued_target(
+            &emulator,
+            UnknownTokens::Reject,
+            "corpus@example.com",
+            false,
+        )
+        .await,
     );
     targets.insert(
         "signature",
