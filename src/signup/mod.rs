@@ -246,9 +246,13 @@ impl Signup {
         body: Incoming,
         client: IpAddr,
     ) -> Result<(Bytes, CheckedRequest), (Option<Mechanism>, SignupError)> {
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
+        // Content-Type is a singleton: with two, the body would be checked as one type and
+        // could be read upstream as the other.
+        let mut content_types = headers.get_all(header::CONTENT_TYPE).iter();
+        let content_type = match (content_types.next(), content_types.next()) {
+            (Some(value), None) => value.to_str().ok(),
+            _ => None,
+        };
         if !is_json_media_type(content_type) {
             return Err((None, SignupError::UnsupportedMediaType));
         }

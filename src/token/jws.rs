@@ -286,3 +286,88 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PINNED: &[Algorithm] = &[Algorithm::HS256, Algorithm::RS256, Algorithm::EdDSA];
+
+    /// JSON-ish header text: real member names with values of every type, or arbitrary text.
+    fn header_text() -> impl Strategy<Value = String> {
+        let value = prop_oneof![
+            Just("null".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            prop::sample::select(vec!["HS256", "RS256", "EdDSA", "none", "NONE", "hs256", ""])
+                .prop_map(|s| format!("{s:?}")),
+            ".{0,8}".prop_map(|s| format!("{s:?}")),
+            Just("[]".to_owned()),
+            Just(r#"["exp"]"#.to_owned()),
+            Just("{}".to_owned()),
+        ];
+        let member = (
+            prop::sample::select(vec!["alg", "kid", "crit", "typ", "jku", "jwk", "x5u"]),
+            value,
+        )
+            .prop_map(|(name, value)| format!("{name:?}:{value}"));
+        prop_oneof![
+            3 => prop::collection::vec(member, 0..5).prop_map(|m| format!("{{{}}}", m.join(","))),
+            1 => ".{0,40}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The header parser never panics, refuses only with its three documented errors, and
+        /// accepts only a pinned algorithm with no `crit`.
+        #[test]
+        fn parse_header_is_total(text in header_text()) {
+            match parse_header(text.as_bytes(), PINNED) {
+                Ok(header) => {
+                    prop_assert!(PINNED.contains(&header.alg));
+                    prop_assert!(!text.contains("\"crit\""));
+                    prop_assert!(header.kid.as_ref().is_none_or(|kid| kid.len() <= MAX_KID_LEN));
+                }
+                Err(error) => prop_assert!(matches!(
+                    error,
+                    TokenError::Malformed
+                        | TokenError::AlgorithmNotAllowed
+                        | TokenError::CriticalHeader
+                )),
+            }
+        }
+
+        /// `split` never panics on arbitrary bytes of any shape, and whatever it accepts has a
+        /// signing input and signature that put the token back together.
+        #[test]
+        fn split_is_total(
+            header in header_text(),
+            payload in prop::collection::vec(any::<u8>(), 0..64),
+            signature in prop::collection::vec(any::<u8>(), 0..64),
+            raw in "[A-Za-z0-9_.=+/ -]{0,120}",
+            shape in 0..3u8,
+        ) {
+            let token = match shape {
+                0 => raw,
+                1 => format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(&header),
+                             URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(&signature)),
+                _ => format!("{}.{}", URL_SAFE_NO_PAD.encode(&header), raw),
+            };
+            match split(&token, PINNED) {
+                Ok(compact) => {
+                    prop_assert_eq!(format!("{}.{}", compact.signing_input, compact.signature), token.clone());
+                    prop_assert!(is_json_object(&compact.payload));
+                }
+                Err(error) => prop_assert!(matches!(
+                    error,
+                    TokenError::Malformed
+                        | TokenError::AlgorithmNotAllowed
+                        | TokenError::CriticalHeader
+                )),
+            }
+        }
+    }
+}

@@ -4,6 +4,8 @@
 //! - [`verify`]: the [`Verifier`] — pinned algorithms, keys (HS256 secret, PEM public keys, a
 //!   JWKS), claim checks and the verified-token cache. Its helpers: `jws` (header and segments),
 //!   `validate` (claims), `keys` (key families), `jwks`/`fetch`/`source` (the JWKS), `cache`.
+//! - [`unverified`]: the checks that need no key, run on a token the gateway does not know
+//!   before the upstream is asked about it.
 //! - [`error`]: [`TokenError`] (why a token is refused, with its response `code`) and
 //!   [`KeyError`] (why a key configuration is refused).
 
@@ -15,6 +17,7 @@ mod jwks;
 mod jws;
 mod keys;
 mod source;
+pub mod unverified;
 mod validate;
 pub mod verify;
 

@@ -17,7 +17,7 @@ use crate::config::{TokenMode, UnknownTokens};
 use crate::metrics::Metrics;
 use crate::scope::{Binding, Rules, TokenRequirement};
 use crate::store::{Fingerprint, Store, TokenRecord, TokenStore};
-use crate::token::claims;
+use crate::token::unverified;
 use crate::token::{TokenError, Verifier};
 
 pub use identity::IdentityHeaders;
@@ -395,33 +395,25 @@ impl Validator {
         if self.negative.contains(&fingerprint) {
             return self.rejected(Rejection::Unauthorized("token_unknown"));
         }
-        let Ok(claims) = claims::peek(token) else {
-            return self.rejected(Rejection::Unauthorized("token_malformed"));
+        // Everything but the signature, exactly as the verifier would judge it: a token no key
+        // could ever vouch for (`alg: none`, a duplicated or mistyped claim, trailing garbage)
+        // is refused here rather than shown to the upstream.
+        let leeway = i64::try_from(self.settings.leeway.as_secs()).unwrap_or(i64::MAX);
+        let claims = match unverified::precheck(token, leeway) {
+            Ok(claims) => claims,
+            Err(error) => return self.rejected(Rejection::Unauthorized(error.code())),
         };
-        // `exp` is required and must be a number (the seed's first example has a string).
-        let Some(exp) = claims.expires_at() else {
-            return self.rejected(Rejection::Unauthorized("token_malformed"));
-        };
-        let now = unix_now();
-        let leeway = self.settings.leeway.as_secs() as i64;
-        if exp.saturating_add(leeway) < now {
-            return self.rejected(Rejection::Unauthorized("token_expired"));
-        }
-        if let Some(nbf) = claims.nbf.as_ref().and_then(serde_json::Value::as_i64) {
-            if nbf.saturating_sub(leeway) > now {
-                return self.rejected(Rejection::Unauthorized("token_not_yet_valid"));
-            }
-        }
-        if let Err(rejection) = bound(binding, claims.account_id(), claims.member_id()) {
+        let (member, account) = (claims.member_id.as_deref(), claims.account_id.as_deref());
+        if let Err(rejection) = bound(binding, account, member) {
             return self.rejected(rejection);
         }
-        let learn = match (learns, claims.member_id(), claims.account_id()) {
+        let learn = match (learns, member, account) {
             (true, Some(member), Some(account)) => Some(TokenRecord {
                 fingerprint,
                 member_id: member.to_owned(),
                 account_id: account.to_owned(),
                 account_name: None,
-                expires_at: UNIX_EPOCH + Duration::from_secs(exp.max(0) as u64),
+                expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp.max(0) as u64),
             }),
             _ => None,
         };
@@ -469,10 +461,4 @@ fn bound(
         Some((Binding::Member, id)) if member_id == Some(id) => Ok(()),
         Some((Binding::Member, _)) => Err(Rejection::MemberMismatch),
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -3,6 +3,7 @@
 
 pub mod commerce;
 pub mod keys;
+pub mod process;
 pub mod raw;
 pub mod redis;
 pub mod upstream;

@@ -57,6 +57,13 @@ impl TestUpstream {
         upstream
     }
 
+    /// An echoing upstream over TLS with the given acceptor (a certificate made to be wrong).
+    pub async fn https_with(acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        let mut upstream = Self::start(Some(acceptor)).await;
+        upstream.url = format!("https://{}", upstream.addr);
+        upstream
+    }
+
     /// Every request received so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("lock").clone()
