@@ -206,7 +206,7 @@ impl Inner {
         true
     }
 
-    fn is_denied(&self, fp: &Fingerprint, now: u64) -> bool {
+    fn is_denied(&self, fp: &Fingerprint, now: impl FnOnce() -> u64) -> bool {
         self.revoked.lock(fp).get_live(fp, now).is_some()
     }
 
@@ -270,7 +270,7 @@ impl TokenStore for MemoryStore {
         let inner = &*self.inner;
         let mut records = inner.records.lock(&fp);
         // Under the record stripe's lock, which `revoke_one` holds while it denies and removes.
-        if inner.is_denied(&fp, now) {
+        if inner.is_denied(&fp, || now) {
             tracing::debug!(fingerprint = %fp, "not recording a revoked token");
             return Ok(());
         }
@@ -291,12 +291,16 @@ impl TokenStore for MemoryStore {
     }
 
     async fn lookup(&self, fp: &Fingerprint) -> Result<Option<TokenRecord>, StoreError> {
-        let now = table::now();
-        Ok(self.inner.records.lock(fp).get_live(fp, now).map(to_record))
+        Ok(self
+            .inner
+            .records
+            .lock(fp)
+            .get_live(fp, table::now)
+            .map(to_record))
     }
 
     async fn is_revoked(&self, fp: &Fingerprint) -> Result<bool, StoreError> {
-        Ok(self.inner.is_denied(fp, table::now()))
+        Ok(self.inner.is_denied(fp, table::now))
     }
 
     async fn list_member(&self, member_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
@@ -309,7 +313,7 @@ impl TokenStore for MemoryStore {
             .iter()
             .filter_map(|fp| {
                 let stripe = self.inner.records.lock(fp);
-                let entry = stripe.get_live(fp, now)?;
+                let entry = stripe.get_live(fp, || now)?;
                 (codec::member(&entry.value) == member).then(|| to_record(entry))
             })
             .collect();

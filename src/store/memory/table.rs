@@ -110,11 +110,16 @@ impl<T> ExpiringTable<T> {
         self.slab.get(pos)
     }
 
-    /// The entry of `fp` if it is alive at `now`.
-    pub(super) fn get_live(&self, fp: &Fingerprint, now: u64) -> Option<&Entry<T>> {
+    /// The entry of `fp` if it is alive at `now`, which is only asked for when there is an entry
+    /// (a miss does not read the clock).
+    pub(super) fn get_live(
+        &self,
+        fp: &Fingerprint,
+        now: impl FnOnce() -> u64,
+    ) -> Option<&Entry<T>> {
         self.position(fp)
             .map(|pos| self.slab.get(pos))
-            .filter(|entry| entry.expires > now)
+            .filter(|entry| entry.expires > now())
     }
 
     /// Sets the expiry and value of the entry at `pos`, returning the old value.
@@ -343,7 +348,7 @@ mod tests {
         assert!(!table.needs_sweep(5));
         assert!(table.needs_sweep(6));
         for i in 0..1000 {
-            assert_eq!(table.get_live(&fp(i), 5).is_some(), i % 10 >= 5);
+            assert_eq!(table.get_live(&fp(i), || 5).is_some(), i % 10 >= 5);
         }
     }
 
