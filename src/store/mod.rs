@@ -3,7 +3,7 @@
 //!
 //! Callers (the sign-up tee, the validator, the admin API) hold a [`Store`] and speak to it
 //! through the [`TokenStore`] trait; a backend is one variant of [`Store`] (enum dispatch, no
-//! boxing): [`MemoryStore`] on moka for one replica, or [`RedisStore`] shared by every replica
+//! boxing): [`MemoryStore`] in process for one replica, or [`RedisStore`] shared by every replica
 //! (with a moka L1 in front), which is why every operation is `async` and fallible.
 //!
 //! # What is stored
@@ -14,12 +14,14 @@
 //! # Consistency design (every backend must keep these promises)
 //!
 //! - **Expiry is authoritative.** A record is never returned at or after its `expires_at`,
-//!   whatever the backend's own eviction schedule is; backends evict at expiry to reclaim space.
+//!   whatever the backend's own eviction schedule is; backends reclaim the space of dead entries
+//!   (Redis at expiry, the memory backend amortised over later writes and scrapes).
 //! - **Revocation wins.** [`TokenStore::revoke`] puts the fingerprint on a deny-list until the
-//!   token's expiry plus a grace (≥ the validator's `exp` leeway) *before* it removes the record, and [`TokenStore::record`] refuses a denied
-//!   fingerprint. In the memory backend both run under moka's per-key lock, so a `record` racing a
-//!   `revoke` either lands first and is removed, or sees the deny entry: a revoked token is never
-//!   resurrected, by a late sign-up tee, by `unknown = upstream` learning, or by a replay.
+//!   token's expiry plus a grace (≥ the validator's `exp` leeway) *before* it removes the record,
+//!   and [`TokenStore::record`] refuses a denied fingerprint. In the memory backend both run under
+//!   the lock of the fingerprint's stripe, so a `record` racing a `revoke` either lands first and
+//!   is removed, or sees the deny entry: a revoked token is never resurrected, by a late sign-up
+//!   tee, by `unknown = upstream` learning, or by a replay.
 //! - **The member index never shows a dead token.** The per-member index is a hint kept in step
 //!   with the records (removed on eviction, expiry and revocation); every listing is filtered
 //!   through the records again, so a lagging index can only make a listing shorter by a record that
@@ -32,7 +34,6 @@
 //! revocation fan-out, behaviour while Redis is down) in [`redis`].
 
 mod fingerprint;
-mod member_index;
 pub mod memory;
 pub mod redis;
 
@@ -175,7 +176,7 @@ pub trait TokenStore: Send + Sync {
 /// `async-trait`.
 #[derive(Clone, Debug)]
 pub enum Store {
-    /// The in-process moka store of one replica.
+    /// The in-process store of one replica.
     Memory(MemoryStore),
     /// Redis, shared by every replica, with an in-process L1.
     Redis(RedisStore),
