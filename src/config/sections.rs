@@ -71,8 +71,8 @@ impl Default for RateLimitConfig {
 pub struct StoreConfig {
     /// `memory`: in this process; `redis`: shared by every replica. Default `memory`.
     pub backend: StoreBackend,
-    /// Most token records held by the memory backend; the least recently used are evicted
-    /// beyond. Each costs about 1 KiB of memory (measured: `benches/store_memory.rs`).
+    /// Most token records held by the memory backend; beyond it, those expiring soonest are
+    /// evicted (sampled). Each costs about 200 bytes (measured: `benches/store_memory.rs`).
     /// Default 100 000.
     pub max_entries: u64,
     /// Redis to use with `backend = "redis"`: `redis://host:port/db` or `rediss://` (TLS). With
@@ -137,7 +137,7 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreBackend {
-    /// moka, in this process.
+    /// Striped tables in this process.
     Memory,
     /// Redis (or Redis Cluster), shared by every replica, with a moka L1 in front.
     Redis,
