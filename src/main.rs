@@ -8,11 +8,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// mimalloc: a proxy allocates and frees many small buffers per request; measured faster than
-/// the system allocator under load (see the performance notes in the README).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Authenticating reverse proxy for the Commerce account-management API.
 #[derive(Parser)]
 #[command(version, about)]
