@@ -127,24 +127,7 @@ impl Case {
 }
 
 fn load_corpus() -> Vec<(String, Case)> {
-    let mut cases: Vec<(String, Case)> = std::fs::read_dir(CORPUS)
-        .expect("corpus directory")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
-        .map(|path| {
-            let name = path
-                .file_name()
-                .expect("name")
-                .to_string_lossy()
-                .into_owned();
-            let text = std::fs::read_to_string(&path).expect("read case");
-            let case: Case =
-                toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: bad case file: {e}"));
-            (name, case)
-        })
-        .collect();
-    cases.sort_by(|a, b| a.0.cmp(&b.0));
-    cases
+    common::load_corpus(CORPUS)
 }
 
 /// Sends one case on a fresh connection; what came back (`None`: closed without an answer).

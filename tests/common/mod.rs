@@ -207,3 +207,25 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Every `*.toml` case file in `dir`, parsed, sorted by file name.
+pub fn load_corpus<T: serde::de::DeserializeOwned>(dir: &str) -> Vec<(String, T)> {
+    let mut cases: Vec<(String, T)> = std::fs::read_dir(dir)
+        .expect("corpus directory")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .map(|path| {
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(&path).expect("read case");
+            let case =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: bad case file: {e}"));
+            (name, case)
+        })
+        .collect();
+    cases.sort_by(|a, b| a.0.cmp(&b.0));
+    cases
+}
