@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# A bounded soak (issue 9): a gateway in front of the emulator takes a steady mix of sign-ups,
+# valid, cross-account, tampered, revoked and missing tokens at RPS for SECONDS; every answer is
+# checked against the decision it must get; the gateway's RSS is sampled every 30 s. Not in CI.
+#
+#   benches/load/soak.sh [RPS, default 10000] [SECONDS, default 300]
+#
+# Everything listens on 127.0.0.1 and the run stops by itself after SECONDS.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RPS=${1:-10000}
+SECONDS_TO_RUN=${2:-300}
+cargo build --release --quiet --bin account-gate --example soak
+work=$(mktemp -d)
+trap 'kill $gate 2>/dev/null || true; rm -rf "$work"' EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+GW=$(port); ADMIN=$(port); EMU=$(port)
+cat > "$work/gate.toml" <<TOML
+[server]
+listen = "127.0.0.1:$GW"
+admin_listen = "127.0.0.1:$ADMIN"
+worker_threads = 1
+config_poll_interval = "0s"
+[upstream]
+url = "http://127.0.0.1:$EMU"
+[log]
+level = "warn"
+[rate_limit]
+signup_per_ip = 0
+signup_per_username = 0
+login_per_ip = 0
+login_per_username = 0
+[tokens]
+unknown = "reject"
+TOML
+taskset -c 0 target/release/account-gate run --config "$work/gate.toml" & gate=$!
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.05; done
+taskset -c 1 target/release/examples/soak "$GW" "$EMU" "$RPS" "$SECONDS_TO_RUN" "$gate"
