@@ -32,6 +32,11 @@ login_per_ip = 0
 login_per_username = 0
 [tokens]
 unknown = "reject"
+[store]
+# Big enough for every token the soak issues: when the store is full it evicts the tokens that
+# expire soonest, which here are the soak's own long-lived members (all tokens live 24 h), and
+# their later requests would rightly get 401 token_unknown.
+max_entries = ${STORE_ENTRIES:-2000000}
 TOML
 taskset -c 0 target/release/account-gate run --config "$work/gate.toml" & gate=$!
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.05; done
