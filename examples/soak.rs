@@ -287,20 +287,33 @@ async fn send(
     Ok(status)
 }
 
+/// POSTs `body` as `content_type` and parses the JSON answer.
+async fn post_json(
+    client: &HttpClient,
+    url: String,
+    content_type: &str,
+    authorization: Option<String>,
+    body: Bytes,
+) -> Result<serde_json::Value, BoxError> {
+    let mut request = Request::post(url).header("content-type", content_type);
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    let response = client.request(request.body(Full::new(body))?).await?;
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(serde_json::from_slice(&body)?)
+}
+
 async fn access_token(client: &HttpClient, base: &str) -> Result<String, BoxError> {
-    let request = Request::post(format!("{base}/oauth/access_token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from(format!(
-            "grant_type=implicit&client_id={DEMO_CLIENT_ID}"
-        ))))?;
-    let body = client
-        .request(request)
-        .await?
-        .into_body()
-        .collect()
-        .await?
-        .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body)?;
+    let form = format!("grant_type=implicit&client_id={DEMO_CLIENT_ID}");
+    let value = post_json(
+        client,
+        format!("{base}/oauth/access_token"),
+        "application/x-www-form-urlencoded",
+        None,
+        Bytes::from(form),
+    )
+    .await?;
     Ok(value["access_token"]
         .as_str()
         .ok_or("no access token")?
@@ -313,18 +326,14 @@ async fn sign_up(
     access: &str,
     username: &str,
 ) -> Result<Member, BoxError> {
-    let request = Request::post(format!("{base}/v2/account-members/tokens"))
-        .header("authorization", format!("Bearer {access}"))
-        .header("content-type", "application/json")
-        .body(Full::new(signup_body(username)))?;
-    let body = client
-        .request(request)
-        .await?
-        .into_body()
-        .collect()
-        .await?
-        .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body)?;
+    let value = post_json(
+        client,
+        format!("{base}/v2/account-members/tokens"),
+        "application/json",
+        Some(format!("Bearer {access}")),
+        signup_body(username),
+    )
+    .await?;
     Ok(Member {
         account: value["data"][0]["account_id"]
             .as_str()

@@ -88,22 +88,20 @@ impl Commerce {
 
     /// An implicit-grant access token.
     pub async fn implicit(&self) -> String {
-        let form = format!("grant_type=implicit&client_id={DEMO_CLIENT_ID}");
-        let answer = self
-            .send(Method::POST, "/oauth/access_token", &[], form)
-            .await;
-        assert_eq!(answer.status, StatusCode::OK);
-        answer.json()["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_owned()
+        self.access_token(format!("grant_type=implicit&client_id={DEMO_CLIENT_ID}"))
+            .await
     }
 
     /// A client-credentials access token.
     pub async fn client_credentials(&self) -> String {
-        let form = format!(
+        self.access_token(format!(
             "grant_type=client_credentials&client_id={DEMO_CLIENT_ID}&client_secret={DEMO_CLIENT_SECRET}"
-        );
+        ))
+        .await
+    }
+
+    /// The access token `/oauth/access_token` answers to `form`.
+    async fn access_token(&self, form: String) -> String {
         let answer = self
             .send(Method::POST, "/oauth/access_token", &[], form)
             .await;
