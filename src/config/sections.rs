@@ -71,7 +71,7 @@ impl Default for RateLimitConfig {
 pub struct StoreConfig {
     /// `memory`: in this process; `redis`: shared by every replica. Default `memory`.
     pub backend: StoreBackend,
-    /// Most token records held by the memory backend; beyond it, those expiring soonest are
+    /// Most token records held by the memory backend; beyond it, the least recently used are
     /// evicted (sampled). Each costs about 200 bytes (measured: `benches/store_memory.rs`).
     /// Default 100 000.
     pub max_entries: u64,

@@ -26,11 +26,13 @@
 //! Every read compares the entry's expiry with the clock, so a dead entry is never returned,
 //! whenever its memory is reclaimed. Reclaiming is amortised, with no timer per entry: each insert
 //! sweeps a few entries of its stripe, and [`MemoryStore::count`] (the metrics scrape) sweeps the
-//! stripes whose earliest expiry has passed. A full stripe makes room by evicting the
-//! soonest-expiring entry of a random sample of 8 — a dead one if the sample holds one, else a
-//! token close to its end — so a fresh sign-up is always admitted. A deny entry evicted before its
-//! time is logged as a warning: that token could be accepted again, so `max_revoked` must be
-//! sized for the revocation rate.
+//! stripes whose earliest expiry has passed. A full stripe makes room by evicting one entry of a
+//! random sample of 8 — a dead one if the sample holds one — so a fresh sign-up is always
+//! admitted. Among live records the least recently used goes (each record keeps the time of its
+//! last record or lookup; ties by soonest expiry): a member who keeps using a token keeps it
+//! while a flood of sign-ups fills the store. Among live deny entries the soonest-expiring goes;
+//! one evicted before its time is logged as a warning — that token could be accepted again, so
+//! `max_revoked` must be sized for the revocation rate.
 //!
 //! # Races
 //!
@@ -69,8 +71,8 @@ const DEFAULT_REVOKED_GRACE: Duration = Duration::from_secs(5 * 60);
 /// Bounds of a [`MemoryStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryStoreOptions {
-    /// Most records kept (`store.max_entries`); when full, a record close to its expiry makes room
-    /// for a new one. Default 1,000,000. Each live record costs 190–215 bytes resident, member
+    /// Most records kept (`store.max_entries`); when full, the least recently used record of a
+    /// sample makes room for a new one. Default 1,000,000. Each live record costs 190–215 bytes resident, member
     /// index included, with UUID ids and a short account name (`cargo bench --bench
     /// store_memory`): under 200 MiB at the default.
     pub max_entries: u64,
@@ -107,7 +109,7 @@ pub struct MemoryStore {
 
 struct Inner {
     /// Fingerprint → packed strings (`codec.rs`), with the record's expiry.
-    records: Sharded<Box<[u8]>>,
+    records: Sharded<Stored>,
     /// The deny-list: fingerprint → end of its entry.
     revoked: Sharded<()>,
     /// Member id → fingerprints, in step with `records`.
@@ -176,8 +178,9 @@ impl MemoryStore {
 
 impl Inner {
     /// Drops a record that left the table from its member's index entry.
-    fn unindex(&self, entry: &Entry<Box<[u8]>>) {
-        self.members.remove(codec::member(&entry.value), &entry.fp);
+    fn unindex(&self, entry: &Entry<Stored>) {
+        self.members
+            .remove(codec::member(&entry.value.block), &entry.fp);
     }
 
     /// Puts `fp` on the deny-list until `until`, or extends its entry; `true` if it was not on it.
@@ -193,7 +196,7 @@ impl Inner {
             revoked.replace(pos, if newly { until } else { current.max(until) }, ());
             return newly;
         }
-        let room = revoked.make_room(now, |evicted| {
+        let room = revoked.make_room(now, |entry| entry.expires, |evicted| {
             if evicted.expires > now {
                 tracing::warn!(
                     fingerprint = %evicted.fp,
@@ -228,7 +231,7 @@ impl Inner {
         let pos = records.position(fp);
         if let Some(pos) = pos {
             let entry = records.at(pos);
-            if member.is_some_and(|m| m != codec::member(&entry.value)) {
+            if member.is_some_and(|m| m != codec::member(&entry.value.block)) {
                 return (false, None);
             }
             until = until.max(entry.expires);
@@ -243,9 +246,26 @@ impl Inner {
     }
 }
 
+/// A record's value: its packed strings and when it was last recorded or looked up.
+struct Stored {
+    /// Member id, account id and account name (`codec.rs`).
+    block: Box<[u8]>,
+    /// Last record or lookup, as nanoseconds since the epoch: 8 bytes a record (a `u32` of whole
+    /// seconds would pad the table's entry to the same 64 bytes, and tie every record touched
+    /// within one second).
+    used: u64,
+}
+
+impl Stored {
+    /// Eviction order: least recently used first, ties by soonest expiry.
+    fn rank(entry: &Entry<Self>) -> (u64, u64) {
+        (entry.value.used, entry.expires)
+    }
+}
+
 /// The caller's view of a stored entry.
-fn to_record(entry: &Entry<Box<[u8]>>) -> TokenRecord {
-    let fields = codec::decode(&entry.value);
+fn to_record(entry: &Entry<Stored>) -> TokenRecord {
+    let fields = codec::decode(&entry.value.block);
     TokenRecord {
         fingerprint: entry.fp,
         member_id: fields.member.to_string_exact(),
@@ -278,28 +298,27 @@ impl TokenStore for MemoryStore {
             return Ok(());
         }
         if let Some(pos) = records.position(&fp) {
-            let previous = codec::member(&records.at(pos).value);
+            let previous = codec::member(&records.at(pos).value.block);
             if previous != member {
                 inner.members.remove(previous, &fp);
                 inner.members.insert(member, fp);
             }
-            records.replace(pos, expires, block);
+            records.replace(pos, expires, Stored { block, used: now });
             return Ok(());
         }
-        if records.make_room(now, |gone| inner.unindex(&gone)) {
-            records.insert(fp, expires, block);
+        if records.make_room(now, Stored::rank, |gone| inner.unindex(&gone)) {
+            records.insert(fp, expires, Stored { block, used: now });
             inner.members.insert(member, fp);
         }
         Ok(())
     }
 
     async fn lookup(&self, fp: &Fingerprint) -> Result<Option<TokenRecord>, StoreError> {
-        Ok(self
-            .inner
-            .records
-            .lock(fp)
-            .get_live(fp, table::now)
-            .map(to_record))
+        let mut stripe = self.inner.records.lock(fp);
+        Ok(stripe.get_live_mut(fp, table::now).map(|(entry, now)| {
+            entry.value.used = now;
+            to_record(entry)
+        }))
     }
 
     async fn is_revoked(&self, fp: &Fingerprint) -> Result<bool, StoreError> {
@@ -317,7 +336,7 @@ impl TokenStore for MemoryStore {
             .filter_map(|fp| {
                 let stripe = self.inner.records.lock(fp);
                 let entry = stripe.get_live(fp, || now)?;
-                (codec::member(&entry.value) == member).then(|| to_record(entry))
+                (codec::member(&entry.value.block) == member).then(|| to_record(entry))
             })
             .collect();
         records.sort_by(|a, b| {

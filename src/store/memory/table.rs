@@ -9,8 +9,9 @@
 //!   sweep keeps pace with expiry at no extra cost;
 //! - [`ExpiringTable::sweep_all`], run by `MemoryStore::count` (the metrics scrape) on a shard only
 //!   once the earliest expiry the shard may hold has passed;
-//! - eviction: a full shard removes the soonest-expiring entry of a random sample of [`SAMPLE`]
-//!   (Redis' approximated policy), which is an already dead entry if the sample holds one.
+//! - eviction: a full shard removes an already dead entry of a random sample of [`SAMPLE`] if the
+//!   sample holds one, else the sample's lowest-ranked entry by the caller's ranking (Redis'
+//!   approximated policies): least recently used for records, soonest-expiring for deny entries.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -122,6 +123,18 @@ impl<T> ExpiringTable<T> {
             .filter(|entry| entry.expires > now())
     }
 
+    /// As [`get_live`](Self::get_live), mutably (to note a use), with the time it read.
+    pub(super) fn get_live_mut(
+        &mut self,
+        fp: &Fingerprint,
+        now: impl FnOnce() -> u64,
+    ) -> Option<(&mut Entry<T>, u64)> {
+        let pos = self.position(fp)?;
+        let now = now();
+        let entry = self.slab.get_mut(pos);
+        (entry.expires > now).then_some((entry, now))
+    }
+
     /// Sets the expiry and value of the entry at `pos`, returning the old value.
     pub(super) fn replace(&mut self, pos: usize, expires: u64, value: T) -> T {
         self.earliest = self.earliest.min(expires);
@@ -200,10 +213,16 @@ impl<T> ExpiringTable<T> {
         self.slab.shrink(hash_of);
     }
 
-    /// Makes room for one more entry: sweeps a step, then, if the stripe is still full, evicts the
-    /// soonest-expiring entry of a random sample. Every removed entry goes to `removed` (one that
-    /// is still alive at `now` was evicted before its time). `false` if the bound is 0.
-    pub(super) fn make_room(&mut self, now: u64, mut removed: impl FnMut(Entry<T>)) -> bool {
+    /// Makes room for one more entry: sweeps a step, then, if the stripe is still full, evicts
+    /// from a random sample a dead entry if there is one, else the entry `rank` puts lowest.
+    /// Every removed entry goes to `removed` (one that is still alive at `now` was evicted before
+    /// its time). `false` if the bound is 0.
+    pub(super) fn make_room<K: Ord>(
+        &mut self,
+        now: u64,
+        rank: impl Fn(&Entry<T>) -> K,
+        mut removed: impl FnMut(Entry<T>),
+    ) -> bool {
         self.sweep_some(now, SWEEP_STEP, &mut removed);
         while self.slab.len() >= self.bound {
             if self.slab.len() == 0 {
@@ -211,10 +230,17 @@ impl<T> ExpiringTable<T> {
             }
             let len = self.slab.len();
             let mut victim = self.random_below(len);
+            let mut lowest = rank(self.slab.get(victim));
             for _ in 1..SAMPLE {
+                if self.slab.get(victim).expires <= now {
+                    break;
+                }
                 let pos = self.random_below(len);
-                if self.slab.get(pos).expires < self.slab.get(victim).expires {
+                let candidate = self.slab.get(pos);
+                let key = rank(candidate);
+                if candidate.expires <= now || key < lowest {
                     victim = pos;
+                    lowest = key;
                 }
             }
             removed(self.remove_at(victim));
@@ -307,6 +333,10 @@ mod tests {
         }
     }
 
+    fn by_expiry(entry: &Entry<()>) -> u64 {
+        entry.expires
+    }
+
     #[test]
     fn eviction_prefers_the_dead_and_the_soonest_expiring() {
         let mut table = ExpiringTable::new(100, 7, 9);
@@ -316,13 +346,13 @@ mod tests {
             table.insert(fp(i), expires, ());
         }
         let mut evicted = Vec::new();
-        assert!(table.make_room(10, |e| evicted.push(e.expires)));
+        assert!(table.make_room(10, by_expiry, |e| evicted.push(e.expires)));
         // Either the sweep step or a sample found something; never the latest entries.
         assert_eq!(evicted.len(), 1);
         assert!(table.len() == 99);
         let mut later = Vec::new();
         for i in 100..200 {
-            assert!(table.make_room(10, |e| later.push(e.expires)));
+            assert!(table.make_room(10, by_expiry, |e| later.push(e.expires)));
             table.insert(fp(i), 10_000, ());
         }
         // 100 evictions, each the soonest-expiring of 8 samples: the old entries (expiring
@@ -355,7 +385,34 @@ mod tests {
     #[test]
     fn a_zero_bound_admits_nothing() {
         let mut table: ExpiringTable<()> = ExpiringTable::new(0, 1, 2);
-        assert!(!table.make_room(0, |_| {}));
+        assert!(!table.make_room(0, by_expiry, |_| {}));
+    }
+
+    #[test]
+    fn a_dead_entry_goes_first_whatever_its_rank() {
+        // Every live entry ranks below the dead one (position 12, beyond the first sweep step),
+        // which is still the one evicted whenever the sample holds it.
+        let mut dead_evicted = 0;
+        for round in 0..200 {
+            let mut table = ExpiringTable::new(16, 3, 4 + round);
+            for i in 0..16 {
+                let dead = i == 12;
+                table.insert(fp(i), if dead { 5 } else { 1_000 }, u64::from(dead));
+            }
+            assert!(table.make_room(
+                10,
+                |e| e.value,
+                |e| {
+                    dead_evicted += usize::from(e.expires == 5);
+                }
+            ));
+        }
+        // A sample of 8 (with replacement) out of 16 holds a given entry 40 % of the time; ranked
+        // highest, the dead entry would never be chosen by rank alone.
+        assert!(
+            dead_evicted > 40,
+            "dead entry evicted {dead_evicted} times of 200"
+        );
     }
 
     #[test]

@@ -143,7 +143,7 @@ fn records_read_back_exactly_whatever_the_shape_of_their_ids() {
 }
 
 #[test]
-fn a_full_store_admits_fresh_tokens_and_evicts_those_closest_to_expiry() {
+fn a_full_store_admits_fresh_tokens_and_evicts_unused_ones_closest_to_expiry() {
     let store = MemoryStore::new(MemoryStoreOptions::with_max_entries(1000));
     for i in 0..1000 {
         now(store.record(rec(&format!("old-{i}"), "m", HOUR))).unwrap();
@@ -155,9 +155,37 @@ fn a_full_store_admits_fresh_tokens_and_evicts_those_closest_to_expiry() {
     }
     assert_eq!(store.count(), 1000);
     let survivors = now(store.list_member("n")).unwrap().len();
-    // Each eviction takes the soonest-expiring of 8 samples: an old token whenever the sample
-    // holds one, which it nearly always does while half the store is old.
+    // Nothing is looked up, so the least recently used of 8 samples is an old token whenever the
+    // sample holds one (recorded earlier, and sooner to expire), which it nearly always does
+    // while half the store is old.
     assert!(survivors > 480, "{survivors} of 500 fresh tokens kept");
+}
+
+#[test]
+fn a_member_in_use_survives_a_flood_of_sign_ups_into_a_full_store() {
+    // The active member's tokens are the oldest and expire first: an eviction by expiry alone
+    // would take them before any of the flood's.
+    let store = MemoryStore::new(MemoryStoreOptions::with_max_entries(1000));
+    let active: Vec<TokenRecord> = (0..10)
+        .map(|i| rec(&format!("active-{i}"), "active", HOUR))
+        .collect();
+    for r in &active {
+        now(store.record(r.clone())).unwrap();
+    }
+    for i in 0..10_000 {
+        now(store.record(rec(&format!("flood-{i}"), &format!("m{i}"), 24 * HOUR))).unwrap();
+        // The active member uses one of its tokens every few sign-ups.
+        if i % 5 == 0 {
+            let r = &active[(i / 5) % active.len()];
+            assert!(
+                now(store.lookup(&r.fingerprint)).unwrap().is_some(),
+                "active token {} evicted after {i} sign-ups",
+                (i / 5) % active.len()
+            );
+        }
+    }
+    assert_eq!(store.count(), 1000);
+    assert_eq!(now(store.list_member("active")).unwrap().len(), 10);
 }
 
 #[test]
