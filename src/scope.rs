@@ -187,28 +187,35 @@ impl Rules {
 /// The path's segments, refusing any form the upstream could normalise into another path.
 pub fn segments(path: &str) -> Result<Vec<&str>, PathError> {
     let rest = path.strip_prefix('/').unwrap_or(path);
-    let mut segments: Vec<&str> = rest.split('/').collect();
-    // One trailing slash is ordinary (`/v2/carts/`).
-    if segments.len() > 1 && segments.last() == Some(&"") {
-        segments.pop();
-    }
     if rest.is_empty() {
         return Ok(Vec::new());
     }
-    for segment in &segments {
-        let lower = segment.to_ascii_lowercase();
-        if segment.is_empty()
-            || *segment == "."
-            || *segment == ".."
-            || lower.contains("%2e")
-            || lower.contains("%2f")
-            || lower.contains("%5c")
-            || segment.contains('\\')
-        {
+    if has_encoded_separator(rest.as_bytes()) {
+        return Err(PathError::NotNormalized);
+    }
+    // One trailing slash is ordinary (`/v2/carts/`).
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let mut segments = Vec::with_capacity(8);
+    for segment in rest.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
             return Err(PathError::NotNormalized);
         }
+        segments.push(segment);
     }
     Ok(segments)
+}
+
+/// Whether `path` holds a backslash or a percent-encoded `.`, `/` or `\` (any case): forms an
+/// upstream may decode into a dot segment or a separator after the gateway has checked the path.
+fn has_encoded_separator(path: &[u8]) -> bool {
+    path.iter().enumerate().any(|(i, &b)| {
+        b == b'\\'
+            || (b == b'%'
+                && matches!(
+                    path.get(i + 1..i + 3),
+                    Some([b'2', b'e' | b'E' | b'f' | b'F'] | [b'5', b'c' | b'C'])
+                ))
+    })
 }
 
 #[cfg(test)]
@@ -260,6 +267,13 @@ mod tests {
             "/v2/accounts/A%2F..%2FB",
             "/v2/accounts/%2e%2e",
             "/v2/accounts/A\\..\\B",
+            "/v2/accounts/%2E%2E/B",
+            "/v2/accounts/A%2f",
+            "/v2/accounts/A%5CB",
+            "/v2/accounts/A%5c",
+            "/v2/accounts/A//",
+            "//",
+            "/v2/accounts/..",
         ] {
             assert_eq!(
                 rules().decide(path),
@@ -267,7 +281,15 @@ mod tests {
                 "{path}"
             );
         }
-        assert!(rules().decide("/v2/carts/").is_ok());
+        for path in [
+            "/v2/carts/",
+            "/",
+            "/v2/accounts/A%20B",
+            "/v2/accounts/A%2",
+            "/v2/a.b/..c",
+        ] {
+            assert!(rules().decide(path).is_ok(), "{path}");
+        }
     }
 
     #[test]
