@@ -17,7 +17,13 @@ fn pattern(len: usize) -> Bytes {
         .into()
 }
 
-async fn assert_passthrough(upstream: &TestUpstream, gateway: &common::RunningGateway) {
+/// Sends every method with an empty and a 1 MiB body through the gateway, checks that each
+/// reached the upstream (over `version`) and came back byte-exact.
+async fn assert_passthrough(
+    upstream: &TestUpstream,
+    gateway: &common::RunningGateway,
+    version: Version,
+) {
     let mut expected_calls = upstream.calls();
     for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
         for len in [0usize, 1024 * 1024] {
@@ -37,6 +43,7 @@ async fn assert_passthrough(upstream: &TestUpstream, gateway: &common::RunningGa
             expected_calls += 1;
             let seen = upstream.seen().pop().expect("upstream saw it");
             assert_eq!(seen.method, method);
+            assert_eq!(seen.version, version);
             assert_eq!(
                 seen.uri.path_and_query().map(|p| p.as_str()),
                 Some("/v2/anything?x=1&y=%20")
@@ -51,7 +58,51 @@ async fn assert_passthrough(upstream: &TestUpstream, gateway: &common::RunningGa
 async fn passes_every_method_and_body_size_byte_exact_over_http() {
     let upstream = TestUpstream::http().await;
     let gateway = TestGateway::new(&upstream.url).start().await;
-    assert_passthrough(&upstream, &gateway).await;
+    assert_passthrough(&upstream, &gateway, Version::HTTP_11).await;
+    // Sequential requests reuse one pooled connection.
+    assert_eq!(upstream.connections(), 1);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn pools_upstream_connections_up_to_the_configured_number() {
+    let upstream = TestUpstream::http().await;
+    let gateway = TestGateway::new(&upstream.url)
+        .configure(|c| c.upstream.pool_max_idle_per_host = 4)
+        .start()
+        .await;
+    // 16 requests at once, each held by the upstream for a while, need 16 connections.
+    let slow = gateway.url("/slow?ms=200");
+    let burst = (0..16).map(|_| get(&slow));
+    for (status, _) in futures_util::future::join_all(burst).await {
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(upstream.connections(), 16);
+    // Four stay pooled: sequential requests after the burst open no new connection.
+    for _ in 0..20 {
+        assert_eq!(get(&gateway.url("/v2/carts")).await.0, StatusCode::OK);
+    }
+    assert_eq!(upstream.connections(), 16);
+    assert_eq!(upstream.calls(), 36);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_close_after_the_idle_timeout() {
+    let upstream = TestUpstream::http().await;
+    let gateway = TestGateway::new(&upstream.url)
+        .configure(|c| c.upstream.pool_idle_timeout = Duration::from_millis(300))
+        .start()
+        .await;
+    assert_eq!(get(&gateway.url("/v2/carts")).await.0, StatusCode::OK);
+    assert_eq!(upstream.open_connections(), 1);
+    // Nothing else is asked: the pool's timer closes it.
+    wait_until("the idle upstream connection closed", || async {
+        upstream.open_connections() == 0
+    })
+    .await;
+    assert_eq!(get(&gateway.url("/v2/carts")).await.0, StatusCode::OK);
+    assert_eq!(upstream.connections(), 2);
     gateway.shutdown().await;
 }
 
@@ -63,7 +114,9 @@ async fn passes_through_to_an_https_upstream_with_a_test_ca() {
         .configure(|c| c.upstream.ca_file = ca)
         .start()
         .await;
-    assert_passthrough(&upstream, &gateway).await;
+    // The test upstream offers HTTP/2 over TLS (ALPN), and the gateway takes it.
+    assert_passthrough(&upstream, &gateway, Version::HTTP_2).await;
+    assert_eq!(upstream.connections(), 1);
     gateway.shutdown().await;
 }
 

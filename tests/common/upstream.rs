@@ -4,11 +4,12 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -21,6 +22,7 @@ use tokio::sync::oneshot;
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: Method,
+    pub version: Version,
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -34,6 +36,8 @@ pub struct TestUpstream {
     /// The CA (PEM file) that signed an https upstream's certificate.
     pub ca_file: Option<PathBuf>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     _stop: oneshot::Sender<()>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -69,6 +73,16 @@ impl TestUpstream {
         self.seen.lock().expect("lock").clone()
     }
 
+    /// How many connections were accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// How many connections are open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
     /// How many requests were received.
     pub fn calls(&self) -> usize {
         self.seen.lock().expect("lock").len()
@@ -80,12 +94,19 @@ impl TestUpstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = oneshot::channel::<()>();
         let recorder = seen.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted_count = connections.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let open_count = open.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
                     _ = &mut stopped => return,
                 };
+                accepted_count.fetch_add(1, Ordering::SeqCst);
+                open_count.fetch_add(1, Ordering::SeqCst);
+                let open_count = open_count.clone();
                 let recorder = recorder.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -105,6 +126,7 @@ impl TestUpstream {
                                 .await;
                         }
                     }
+                    open_count.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -113,6 +135,8 @@ impl TestUpstream {
             url: format!("http://{addr}"),
             ca_file: None,
             seen,
+            connections,
+            open,
             _stop: stop,
             _dir: None,
         }
@@ -137,6 +161,7 @@ async fn echo(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
     seen.lock().expect("lock").push(Seen {
         method: parts.method.clone(),
+        version: parts.version,
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
         body: body.clone(),
