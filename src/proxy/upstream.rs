@@ -16,6 +16,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -262,15 +263,16 @@ impl Upstream {
                 .await
                 .map_err(ConnectError::Tcp)?;
             let _ = tcp.set_nodelay(true);
+            let tcp = TokioIo::new(tcp);
             match &target.tls {
-                None => Ok((Stream::Plain(tcp), false)),
+                None => Ok((MaybeHttpsStream::Http(tcp), false)),
                 Some((connector, name)) => {
                     let tls = connector
-                        .connect(name.clone(), tcp)
+                        .connect(name.clone(), TokioIo::new(tcp))
                         .await
                         .map_err(ConnectError::Tls)?;
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    Ok((Stream::Tls(Box::new(tls)), h2))
+                    Ok((MaybeHttpsStream::Https(TokioIo::new(tls)), h2))
                 }
             }
         };
@@ -278,18 +280,17 @@ impl Upstream {
             .await
             .map_err(|_| UpstreamError::Connect(ConnectError::Timeout(timeout)))?
             .map_err(UpstreamError::Connect)?;
-        let io = TokioIo::new(stream);
         if h2 {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .handshake(io)
+                .handshake(stream)
                 .await
                 .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
             tokio::spawn(drive(connection));
             self.pool.share_http2(sender.clone());
             return Ok(Sender::Http2(sender));
         }
-        let (sender, connection) = http1::handshake(io)
+        let (sender, connection) = http1::handshake(stream)
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
         tokio::spawn(drive(connection));
@@ -301,76 +302,6 @@ impl Upstream {
 async fn drive<F: std::future::Future<Output = hyper::Result<()>>>(connection: F) {
     if let Err(error) = connection.await {
         tracing::debug!(%error, "upstream connection ended with an error");
-    }
-}
-
-/// A plain or TLS stream to the upstream.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> std::task::Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }
 
