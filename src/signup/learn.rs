@@ -50,17 +50,19 @@ pub fn records(body: &[u8]) -> Result<Vec<TokenRecord>, LearnError> {
         .data
         .into_iter()
         .map(|entry| {
-            let claims = claims::peek(&entry.token).unwrap_or_default();
+            // The token's own claims are read only for what the answer leaves out.
+            let peeked = std::cell::OnceCell::new();
+            let claims = || peeked.get_or_init(|| claims::peek(&entry.token).unwrap_or_default());
             let member_id = meta_member
                 .clone()
-                .or_else(|| claims.member_id().map(str::to_owned))
+                .or_else(|| claims().member_id().map(str::to_owned))
                 .ok_or(LearnError::NoMember)?;
             let expires_at = entry
                 .expires
                 .as_deref()
                 .and_then(|e| humantime::parse_rfc3339_weak(e).ok())
                 .or_else(|| {
-                    let secs = u64::try_from(claims.expires_at()?).ok()?;
+                    let secs = u64::try_from(claims().expires_at()?).ok()?;
                     UNIX_EPOCH.checked_add(Duration::from_secs(secs))
                 })
                 .ok_or(LearnError::NoExpiry)?;

@@ -94,7 +94,7 @@ impl RateLimiter {
             (Limit::LoginIp, Limit::LoginUsername)
         };
         self.observe(ip_limit, &ip)?;
-        if let Some(username) = username {
+        if let Some(username) = username.filter(|_| self.allowed(user_limit) > 0) {
             // Usernames are e-mail addresses: hashed so they never sit in memory in clear,
             // case-folded so `Joe@x.com` and `joe@x.com` share a budget.
             let key: [u8; 32] = Sha256::digest(username.to_lowercase().as_bytes()).into();
@@ -103,13 +103,18 @@ impl RateLimiter {
         Ok(())
     }
 
-    fn observe<K: std::hash::Hash>(&self, limit: Limit, key: &K) -> Result<(), (Limit, Duration)> {
-        let allowed = match limit {
+    /// Requests allowed per window under `limit`; 0 is no limit.
+    fn allowed(&self, limit: Limit) -> u32 {
+        match limit {
             Limit::SignupIp => self.limits.signup_per_ip,
             Limit::SignupUsername => self.limits.signup_per_username,
             Limit::LoginIp => self.limits.login_per_ip,
             Limit::LoginUsername => self.limits.login_per_username,
-        };
+        }
+    }
+
+    fn observe<K: std::hash::Hash>(&self, limit: Limit, key: &K) -> Result<(), (Limit, Duration)> {
+        let allowed = self.allowed(limit);
         if allowed == 0 {
             return Ok(());
         }
