@@ -1,5 +1,5 @@
 //! The in-process backend: right for one replica (DESIGN.md "Scale-out"), built to hold a million
-//! tokens in a sidecar's memory (190–215 bytes resident per record, member index included; `cargo
+//! tokens in a sidecar's memory (200–225 bytes resident per record, member index included; `cargo
 //! bench --bench store_memory`).
 //!
 //! # Structure
@@ -72,9 +72,9 @@ const DEFAULT_REVOKED_GRACE: Duration = Duration::from_secs(5 * 60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryStoreOptions {
     /// Most records kept (`store.max_entries`); when full, the least recently used record of a
-    /// sample makes room for a new one. Default 1,000,000. Each live record costs 190–215 bytes resident, member
-    /// index included, with UUID ids and a short account name (`cargo bench --bench
-    /// store_memory`): under 200 MiB at the default.
+    /// sample makes room for a new one. Default 1,000,000. Each live record costs 200–225 bytes
+    /// resident, member index included, with UUID ids and a short account name (`cargo bench
+    /// --bench store_memory`): about 200 MiB at the default.
     pub max_entries: u64,
     /// Most deny-list entries kept (revoked, not yet expired tokens). Default = `max_entries`.
     pub max_revoked: u64,
