@@ -15,7 +15,7 @@ use crate::answer::json_api_error;
 use crate::generation::Generation;
 use crate::metrics::Metrics;
 use crate::proxy::{full_body, Body};
-use crate::store::Store;
+use crate::store::{Store, TokenStore};
 
 /// Whether the gateway should receive traffic. Starts not ready; turns ready once every
 /// listener is up and turns unready for good at the first shutdown signal.
@@ -85,6 +85,11 @@ impl Admin {
         }
         let response = match request.uri().path() {
             "/metrics" => {
+                // Counted here, not per request: the memory store's count takes every stripe
+                // lock and sweeps the stripes where something expired.
+                self.metrics
+                    .store_entries
+                    .set(i64::try_from(self.store.count()).unwrap_or(i64::MAX));
                 if let Some(verifier) = &generation.verifier {
                     self.metrics
                         .sync_verified_cache(verifier.cache_hits(), verifier.cache_misses());

@@ -122,6 +122,13 @@ async fn every_metric_counts_what_happened() {
         .await
         .expect("list")
         .len() as f64;
+    // The gauge is counted at scrape time: the live tokens are there before the logout.
+    let before_logout = gateway.metrics().await;
+    let entries = format!("account_gate_store_entries {live}");
+    assert!(
+        before_logout.lines().any(|line| line == entries),
+        "expected `{entries}`"
+    );
     let logout = api
         .send(Method::DELETE, TOKENS, &[(ACCOUNT_TOKEN, &token)], "")
         .await;

@@ -349,7 +349,6 @@ impl TeeSink for Learner {
                 }
             }
             self.metrics.tokens_issued_total.inc_by(recorded);
-            self.metrics.store_entries.set(self.store.count() as i64);
             count(&self.metrics, Some(self.mechanism), Outcome::Issued);
         })
     }

@@ -160,25 +160,17 @@ pub fn check_body(body: &[u8], policy: &SignupPolicy) -> Result<CheckedRequest, 
 }
 
 fn required_string(data: &Map<String, Value>, field: &str) -> Result<(), SignupError> {
-    let pointer = format!("/data/{field}");
-    match data.get(field) {
-        None | Some(Value::Null) => Err(SignupError::invalid(
-            "missing_field",
-            pointer,
-            format!("`{field}` is required"),
-        )),
-        Some(Value::String(s)) if s.trim().is_empty() => Err(SignupError::invalid(
-            "missing_field",
-            pointer,
-            format!("`{field}` must not be empty"),
-        )),
-        Some(Value::String(_)) => Ok(()),
-        Some(_) => Err(SignupError::invalid(
-            "invalid_field",
-            pointer,
-            format!("`{field}` must be a string"),
-        )),
-    }
+    let (code, problem) = match data.get(field) {
+        Some(Value::String(s)) if !s.trim().is_empty() => return Ok(()),
+        None | Some(Value::Null) => ("missing_field", "is required"),
+        Some(Value::String(_)) => ("missing_field", "must not be empty"),
+        Some(_) => ("invalid_field", "must be a string"),
+    };
+    Err(SignupError::invalid(
+        code,
+        format!("/data/{field}"),
+        format!("`{field}` {problem}"),
+    ))
 }
 
 /// A deliberately simple shape check: `local@domain.tld`, no spaces, at most 254 characters.

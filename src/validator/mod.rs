@@ -223,7 +223,6 @@ impl Validator {
                 match self.store.record(record).await {
                     Ok(()) => {
                         self.count("accepted", "learned");
-                        self.metrics.store_entries.set(self.store.count() as i64);
                     }
                     Err(error) => tracing::warn!(%error, "learning a token failed"),
                 }
@@ -275,7 +274,6 @@ impl Validator {
         self.metrics
             .tokens_revoked_total
             .inc_by(fingerprints.len() as u64);
-        self.metrics.store_entries.set(self.store.count() as i64);
     }
 
     /// The token in the configured header: `None` when absent or empty, an error when there
