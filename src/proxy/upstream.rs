@@ -179,12 +179,7 @@ impl Upstream {
     /// (an HTTP/2 upstream connection gets the absolute form it needs when the request is sent).
     pub fn retarget(&self, request: &mut Request<Body>) {
         if request.uri().scheme().is_some() || request.uri().authority().is_some() {
-            let path = request
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            *request.uri_mut() = Uri::from(path);
+            *request.uri_mut() = origin_form(request.uri());
         }
         *request.version_mut() = Version::HTTP_11;
         request
@@ -207,49 +202,46 @@ impl Upstream {
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         // A pooled connection may turn out closed before the request was written (the upstream
-        // dropped it while idle); hyper then hands the request back and it goes to another one.
-        // Once written, a request is never sent twice.
+        // dropped it while idle, or sent an HTTP/2 GOAWAY); hyper then hands the request back
+        // and it goes to another connection. Once written, a request is never sent twice.
         loop {
             let (sender, fresh) = match self.pool.take() {
                 Some(sender) => (sender, false),
                 None => (self.connect().await?, true),
             };
-            match sender {
+            let answer = match sender {
                 Sender::Http2(mut sender) => {
                     *request.uri_mut() = self.absolute(request.uri());
-                    return sender
-                        .send_request(request)
-                        .await
-                        .map_err(UpstreamError::Failed);
+                    sender.try_send_request(request).await
                 }
                 Sender::Http1(mut sender) => {
-                    let answer = sender.try_send_request(request).await;
-                    match answer {
-                        Ok(response) => {
-                            self.pool.put(sender);
-                            return Ok(response);
-                        }
-                        Err(mut error) => match error.take_message() {
-                            Some(unsent) if !fresh => request = unsent,
-                            _ => return Err(UpstreamError::Failed(error.into_error())),
-                        },
+                    if request.uri().scheme().is_some() {
+                        // Handed back by an HTTP/2 connection: HTTP/1.1 wants the origin form.
+                        *request.uri_mut() = origin_form(request.uri());
                     }
+                    let answer = sender.try_send_request(request).await;
+                    if answer.is_ok() {
+                        self.pool.put(sender);
+                    }
+                    answer
                 }
+            };
+            match answer {
+                Ok(response) => return Ok(response),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if !fresh => request = unsent,
+                    _ => return Err(UpstreamError::Failed(error.into_error())),
+                },
             }
         }
     }
 
-    /// The absolute URI of an origin-form `uri` on the upstream (HTTP/2 needs scheme and
-    /// authority).
+    /// `uri` as an absolute URI on the upstream (HTTP/2 needs scheme and authority).
     fn absolute(&self, uri: &Uri) -> Uri {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.target.scheme.clone());
         parts.authority = Some(self.target.authority.clone());
-        parts.path_and_query = Some(
-            uri.path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
+        parts.path_and_query = Some(path_and_query(uri));
         Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
     }
 
@@ -296,6 +288,18 @@ impl Upstream {
         tokio::spawn(drive(connection));
         Ok(Sender::Http1(sender))
     }
+}
+
+/// The path and query of `uri` (`/` when it has none).
+fn path_and_query(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// `uri` in origin form (path and query only), as HTTP/1.1 sends it to an origin server.
+fn origin_form(uri: &Uri) -> Uri {
+    Uri::from(path_and_query(uri))
 }
 
 /// Runs one upstream connection until it closes.
