@@ -99,7 +99,7 @@ impl Default for UpstreamFile {
             ca_file: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(30),
-            pool_idle_timeout: Duration::from_secs(90),
+            pool_idle_timeout: Duration::from_secs(50),
             pool_max_idle_per_host: 64,
         }
     }

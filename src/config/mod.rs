@@ -128,7 +128,8 @@ pub struct UpstreamConfig {
     /// Time from sending the request to receiving the upstream's response head; `504` after.
     /// Default `30s`.
     pub response_timeout: Duration,
-    /// Idle pooled connections are closed after this. Default `90s`.
+    /// Idle pooled connections are closed after this; below the upstream's own idle timeout, so
+    /// the upstream does not close a connection just as a request goes out on it. Default `50s`.
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per upstream host. Default `64`.
     pub pool_max_idle_per_host: usize,
