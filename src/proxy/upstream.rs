@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, HeaderValue, Request, Response, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::MaybeHttpsStream;
@@ -89,7 +89,14 @@ pub struct Upstream {
     /// `Host` sent upstream: the upstream's own name, which virtual hosting and TLS SNI need.
     host: HeaderValue,
     response_timeout: Duration,
+    /// A pooled HTTP/1.1 connection unused for this long may be closed by the upstream just as
+    /// a request goes out on it; a safe request sent on one is kept for a second try.
+    replay_after_idle: Duration,
 }
+
+/// Default [`Upstream::replay_after_idle`]: upstreams close idle connections after seconds, not
+/// milliseconds, so connections reused under load never pay for the copy.
+const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// The upstream's address and transport.
 struct Target {
@@ -172,6 +179,7 @@ impl Upstream {
             },
             host,
             response_timeout: config.response_timeout,
+            replay_after_idle: REPLAY_AFTER_IDLE,
         })
     }
 
@@ -203,12 +211,19 @@ impl Upstream {
     ) -> Result<Response<Incoming>, UpstreamError> {
         // A pooled connection may turn out closed before the request was written (the upstream
         // dropped it while idle, or sent an HTTP/2 GOAWAY); hyper then hands the request back
-        // and it goes to another connection. Once written, a request is never sent twice.
+        // and it goes to another connection. A written request is sent again only when it is
+        // safe (GET, HEAD, OPTIONS without a body) and went out on a connection that had been
+        // idle, which the upstream may have been closing at that moment (the keep-alive race
+        // nginx also retries); at most once.
+        let mut replayed = false;
         loop {
-            let (sender, fresh) = match self.pool.take() {
-                Some(sender) => (sender, false),
-                None => (self.connect().await?, true),
+            let (sender, fresh, idle) = match self.pool.take() {
+                Some((sender, idle)) => (sender, false, idle),
+                None => (self.connect().await?, true, Duration::ZERO),
             };
+            let replay = (!fresh && !replayed && idle >= self.replay_after_idle)
+                .then(|| safe_copy(&request))
+                .flatten();
             let answer = match sender {
                 Sender::Http2(mut sender) => {
                     *request.uri_mut() = self.absolute(request.uri());
@@ -228,8 +243,14 @@ impl Upstream {
             };
             match answer {
                 Ok(response) => return Ok(response),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if !fresh => request = unsent,
+                Err(mut error) => match (error.take_message(), replay) {
+                    (Some(unsent), _) if !fresh => request = unsent,
+                    (_, Some(copy)) => {
+                        tracing::debug!(error = %error.error(), idle_ms = idle.as_millis(),
+                            "idle upstream connection failed; sending the safe request again");
+                        replayed = true;
+                        request = copy;
+                    }
                     _ => return Err(UpstreamError::Failed(error.into_error())),
                 },
             }
@@ -290,6 +311,23 @@ impl Upstream {
     }
 }
 
+/// A copy of `request` to send again if it is safe to: a GET, HEAD or OPTIONS with no body.
+fn safe_copy(request: &Request<Body>) -> Option<Request<Body>> {
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if !safe || !http_body::Body::is_end_stream(request.body()) {
+        return None;
+    }
+    let mut copy = Request::new(super::full_body(bytes::Bytes::new()));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
 /// The path and query of `uri` (`/` when it has none).
 fn path_and_query(uri: &Uri) -> PathAndQuery {
     uri.path_and_query()
@@ -312,11 +350,14 @@ async fn drive<F: std::future::Future<Output = hyper::Result<()>>>(connection: F
 impl Pool {
     /// A connection ready for a request: the shared HTTP/2 one, or the newest ready HTTP/1.1
     /// one. Closed and long-idle connections met on the way are dropped.
-    fn take(&self) -> Option<Sender> {
+    /// With the time the connection sat in the pool since its last answer began.
+    fn take(&self) -> Option<(Sender, Duration)> {
         {
             let mut http2 = lock(&self.http2);
             match http2.as_ref() {
-                Some(sender) if !sender.is_closed() => return Some(Sender::Http2(sender.clone())),
+                Some(sender) if !sender.is_closed() => {
+                    return Some((Sender::Http2(sender.clone()), Duration::ZERO))
+                }
                 Some(_) => *http2 = None,
                 None => {}
             }
@@ -330,7 +371,8 @@ impl Pool {
             if entry.sender.is_closed() || self.expired(entry, now) {
                 idle.remove(i);
             } else if entry.sender.is_ready() {
-                return Some(Sender::Http1(idle.remove(i).sender));
+                let entry = idle.remove(i);
+                return Some((Sender::Http1(entry.sender), now.duration_since(entry.since)));
             }
         }
         None
@@ -405,4 +447,121 @@ fn tls_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamS
         }
         crate::tls::TlsError::Rustls(e) => UpstreamSetupError::Tls(e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use http::StatusCode;
+
+    use super::*;
+
+    /// Reads one request head (the tests send no bodies); `false` at end of stream.
+    async fn read_head(stream: &mut TcpStream) -> bool {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// An upstream that answers the first request of each connection and keeps it open, then
+    /// reads the next request and closes without a word: the upstream side of the keep-alive
+    /// race. Returns its URL and the count of connections accepted.
+    async fn closes_after_one_answer() -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if read_head(&mut stream).await {
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        let _ = stream.write_all(answer).await;
+                        read_head(&mut stream).await;
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    fn upstream(url: &str) -> Upstream {
+        let config = UpstreamConfig {
+            url: url.parse().expect("url"),
+            ca_file: None,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle_per_host: 8,
+        };
+        let mut upstream = Upstream::new(&config).expect("upstream");
+        // Every pooled connection counts as idle long enough.
+        upstream.replay_after_idle = Duration::ZERO;
+        upstream
+    }
+
+    async fn send(upstream: &Upstream, method: Method) -> Result<StatusCode, UpstreamError> {
+        let mut request = Request::new(super::super::full_body(bytes::Bytes::new()));
+        *request.method_mut() = method;
+        *request.uri_mut() = Uri::from_static("/v2/carts");
+        upstream.retarget(&mut request);
+        let response = upstream.send(request).await?;
+        let status = response.status();
+        // Read the answer whole, and wait for hyper to mark its connection ready again, so the
+        // next request takes it from the pool.
+        let _ = response.into_body().collect().await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && !lock(&upstream.pool.http1)
+                .iter()
+                .any(|entry| entry.sender.is_ready())
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(status)
+    }
+
+    #[tokio::test]
+    async fn a_safe_request_on_a_connection_the_upstream_is_closing_is_sent_once_more() {
+        let (url, accepted) = closes_after_one_answer().await;
+        let upstream = upstream(&url);
+        assert_eq!(
+            send(&upstream, Method::GET).await.ok(),
+            Some(StatusCode::OK)
+        );
+        // Goes out on the pooled connection, which the upstream closes: sent again on a new one.
+        assert_eq!(
+            send(&upstream, Method::GET).await.ok(),
+            Some(StatusCode::OK)
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unsafe_request_is_never_sent_twice() {
+        let (url, accepted) = closes_after_one_answer().await;
+        let upstream = upstream(&url);
+        assert_eq!(
+            send(&upstream, Method::GET).await.ok(),
+            Some(StatusCode::OK)
+        );
+        let failed = send(&upstream, Method::POST).await;
+        assert!(
+            matches!(failed, Err(UpstreamError::Failed(_))),
+            "{failed:?}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
 }
