@@ -17,7 +17,8 @@
 //!   member-token listing and revocation behind the admin token.
 //! - [`metrics`]: every Prometheus metric, declared once.
 //! - [`logging`]: text or JSON log lines.
-//! - [`tls`]: rustls client settings shared by the upstream and JWKS clients.
+//! - [`tls`]: rustls client settings shared by the upstream and JWKS clients; `sync`: the one
+//!   mutex-locking helper every stateful module uses.
 //! - [`emulator`]: an in-process Commerce API stand-in for the demo, tests and benchmarks.
 //! - [`demo`] and [`cli`]: what the subcommands of `main.rs` do.
 //!
@@ -48,6 +49,7 @@ pub mod scope;
 pub mod server;
 pub mod signup;
 pub mod store;
+mod sync;
 pub mod tls;
 pub mod token;
 pub mod validator;

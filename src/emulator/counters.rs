@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::state::lock;
+use crate::sync::lock;
 
 /// Distinct paths remembered per path; beyond it only the total stays exact.
 const MAX_COUNTED_PATHS: usize = 65_536;

@@ -5,7 +5,7 @@
 //! the short operations below, so contention stays trivial next to the socket work.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -14,6 +14,7 @@ use super::counters::RequestCounters;
 use super::error::ApiError;
 use super::jwt::{format_expires, unix_now};
 use super::options::EmulatorOptions;
+use crate::sync::lock;
 
 /// Which OAuth grant minted a store access token; some routes need `client_credentials`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,14 +94,6 @@ pub(crate) struct State {
     /// Request counts, public so the handle can answer `requests`/`requests_to`.
     pub counters: RequestCounters,
     tables: Mutex<Tables>,
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A handler that panicked mid-update cannot leave these maps in a state worse than stale,
-    // so keep serving rather than turn one bug into a dead emulator.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn fingerprint(token: &str) -> [u8; 32] {

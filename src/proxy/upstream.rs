@@ -9,7 +9,7 @@
 //! of closed and long-idle connections as it is walked and by a timer.
 
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -24,6 +24,7 @@ use tokio_rustls::TlsConnector;
 
 use super::Body;
 use crate::config::UpstreamConfig;
+use crate::sync::lock;
 
 /// Why a connection to the upstream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -433,10 +434,6 @@ impl Pool {
             }
         });
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// rustls client settings for the upstream: the system's roots plus `upstream.ca_file`.

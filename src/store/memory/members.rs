@@ -8,11 +8,12 @@
 //! is locked inside it.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use super::codec::{IdBuf, IdRef};
 use super::slab::Slab;
 use crate::store::Fingerprint;
+use crate::sync::lock;
 
 /// One member: 64 bytes, no further allocation for the usual single token.
 struct Member {
@@ -49,9 +50,7 @@ impl MemberIndex {
         let hash = self.hasher.hash_one(member);
         // Bits the table does not use for its buckets (low) or its tags (top 7).
         let slot = (hash >> 40) as usize & (self.stripes.len() - 1);
-        let guard = self.stripes[slot]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let guard = lock(&self.stripes[slot]);
         (hash, guard)
     }
 
@@ -124,7 +123,7 @@ impl MemberIndex {
     #[cfg(test)]
     pub(super) fn len(&self) -> (usize, usize) {
         self.stripes.iter().fold((0, 0), |(fps, members), stripe| {
-            let stripe = stripe.lock().unwrap_or_else(PoisonError::into_inner);
+            let stripe = lock(stripe);
             let here: usize = stripe
                 .items()
                 .iter()

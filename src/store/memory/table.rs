@@ -14,11 +14,12 @@
 //!   approximated policies): least recently used for records, soonest-expiring for deny entries.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::slab::Slab;
 use crate::store::Fingerprint;
+use crate::sync::lock;
 
 /// Entries examined by the amortised sweep on each insert.
 pub(super) const SWEEP_STEP: usize = 4;
@@ -306,13 +307,6 @@ impl<T> Sharded<T> {
     pub(super) fn stripes(&self) -> usize {
         self.shards.len()
     }
-}
-
-/// Locks a stripe. A panic inside a critical section can only come from a broken invariant (an
-/// `unreachable!`) or allocation failure; the store keeps serving rather than poisoning every
-/// later request.
-fn lock<T>(shard: &Mutex<T>) -> MutexGuard<'_, T> {
-    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ mod ops;
 mod subscriber;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntCounterVec;
@@ -43,6 +43,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::{Fingerprint, StoreError, TokenRecord};
+use crate::sync::lock;
 use conn::{Pool, PoolSettings};
 use keys::{from_unix_ms, unix_ms, Keys, Scripts, Wire};
 use l1::{Known, L1};
@@ -222,11 +223,7 @@ impl RedisStore {
     /// Whether Redis answers a `PING` within the command timeout; the answer is reused for a
     /// second, so a probe storm costs Redis one ping a second.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let cached = *self
-            .inner
-            .last_ping
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let cached = *lock(&self.inner.last_ping);
         let ok = match cached {
             Some((at, ok)) if at.elapsed() < PING_CACHE => ok,
             _ => {
@@ -238,11 +235,7 @@ impl RedisStore {
                     })
                     .await;
                 let ok = result.is_ok();
-                *self
-                    .inner
-                    .last_ping
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), ok));
+                *lock(&self.inner.last_ping) = Some((Instant::now(), ok));
                 ok
             }
         };
