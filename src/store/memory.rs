@@ -339,13 +339,7 @@ impl TokenStore for MemoryStore {
                 (codec::member(&entry.value.block) == member).then(|| to_record(entry))
             })
             .collect();
-        records.sort_by(|a, b| {
-            (&a.account_id, a.expires_at, a.fingerprint.as_bytes()).cmp(&(
-                &b.account_id,
-                b.expires_at,
-                b.fingerprint.as_bytes(),
-            ))
-        });
+        super::sort_listing(&mut records);
         Ok(records)
     }
 

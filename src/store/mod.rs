@@ -76,6 +76,18 @@ pub struct TokenRecord {
     pub expires_at: SystemTime,
 }
 
+/// Puts a member's records in the order [`TokenStore::list_member`] promises: by account id,
+/// then expiry, then fingerprint (so the order is total and the same on every backend).
+pub(crate) fn sort_listing(records: &mut [TokenRecord]) {
+    records.sort_by(|a, b| {
+        (&a.account_id, a.expires_at, a.fingerprint.as_bytes()).cmp(&(
+            &b.account_id,
+            b.expires_at,
+            b.fingerprint.as_bytes(),
+        ))
+    });
+}
+
 /// Why a store operation could not be answered. The caller decides what that means for the
 /// request (DESIGN.md: answer from what else it knows, else 503 `store_unavailable`).
 #[derive(Debug, thiserror::Error)]

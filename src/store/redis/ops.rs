@@ -10,7 +10,7 @@ use redis::AsyncCommands;
 use super::keys::{unix_ms, Wire};
 use super::l1::Known;
 use super::RedisStore;
-use crate::store::{Fingerprint, StoreError, TokenRecord, TokenStore};
+use crate::store::{sort_listing, Fingerprint, StoreError, TokenRecord, TokenStore};
 
 impl TokenStore for RedisStore {
     async fn record(&self, record: TokenRecord) -> Result<(), StoreError> {
@@ -118,13 +118,7 @@ impl TokenStore for RedisStore {
         }
         // Tidy the hint as we go; its members expire with the set otherwise.
         self.forget(member_id, dead, "list_member").await;
-        records.sort_by(|a, b| {
-            (&a.account_id, a.expires_at, a.fingerprint.as_bytes()).cmp(&(
-                &b.account_id,
-                b.expires_at,
-                b.fingerprint.as_bytes(),
-            ))
-        });
+        sort_listing(&mut records);
         Ok(records)
     }
 
