@@ -229,19 +229,17 @@ impl<T> ExpiringTable<T> {
             if self.slab.len() == 0 {
                 return false;
             }
+            // Dead entries (`false`) order before live ones, then the caller's ranking.
+            let key = |entry: &Entry<T>| (entry.expires > now, rank(entry));
             let len = self.slab.len();
             let mut victim = self.random_below(len);
-            let mut lowest = rank(self.slab.get(victim));
+            let mut lowest = key(self.slab.get(victim));
             for _ in 1..SAMPLE {
-                if self.slab.get(victim).expires <= now {
-                    break;
-                }
                 let pos = self.random_below(len);
-                let candidate = self.slab.get(pos);
-                let key = rank(candidate);
-                if candidate.expires <= now || key < lowest {
+                let candidate = key(self.slab.get(pos));
+                if candidate < lowest {
                     victim = pos;
-                    lowest = key;
+                    lowest = candidate;
                 }
             }
             removed(self.remove_at(victim));
