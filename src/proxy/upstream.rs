@@ -349,9 +349,9 @@ async fn drive<F: std::future::Future<Output = hyper::Result<()>>>(connection: F
 }
 
 impl Pool {
-    /// A connection ready for a request: the shared HTTP/2 one, or the newest ready HTTP/1.1
-    /// one. Closed and long-idle connections met on the way are dropped.
-    /// With the time the connection sat in the pool since its last answer began.
+    /// A connection ready for a request — the shared HTTP/2 one, or the newest ready HTTP/1.1
+    /// one — with how long it sat in the pool since its last answer began (zero for HTTP/2).
+    /// Closed and long-idle connections met on the way are dropped.
     fn take(&self) -> Option<(Sender, Duration)> {
         {
             let mut http2 = lock(&self.http2);
