@@ -45,7 +45,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/load/common.sh
 
 SECRET=bench-hs256-secret-0123456789abcdef
 ACCOUNT=acc-bench-1
@@ -135,24 +135,7 @@ HA
 } > "$work/haproxy.cfg"
 
 gate_config() { # name port admin extra
-  cat > "$work/$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$2"
-admin_listen = "127.0.0.1:$3"
-worker_threads = 1
-config_poll_interval = "0s"
-[upstream]
-url = "http://127.0.0.1:$UP"
-[log]
-level = "warn"
-[rate_limit]
-# Off, as nginx and HAProxy have none here: the benchmark measures the checks, not the limits.
-signup_per_ip = 0
-signup_per_username = 0
-login_per_ip = 0
-login_per_username = 0
-$4
-TOML
+  gate_toml "$2" "$3" "http://127.0.0.1:$UP" "$4" > "$work/$1.toml"
 }
 # The static upstream checks no token, so the issued-mode gateway must not defer unknown tokens
 # to it (unknown = "upstream" trusts the upstream's 2xx): only the tokens it saw issued pass.

@@ -13,31 +13,15 @@ SECONDS_TO_RUN=${2:-300}
 cargo build --release --quiet --bin account-gate --example soak
 work=$(mktemp -d)
 trap 'kill $gate 2>/dev/null || true; rm -rf "$work"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/load/common.sh
 GW=$(port); ADMIN=$(port); EMU=$(port)
-cat > "$work/gate.toml" <<TOML
-[server]
-listen = "127.0.0.1:$GW"
-admin_listen = "127.0.0.1:$ADMIN"
-worker_threads = 1
-config_poll_interval = "0s"
-[upstream]
-url = "http://127.0.0.1:$EMU"
-[log]
-level = "warn"
-[rate_limit]
-signup_per_ip = 0
-signup_per_username = 0
-login_per_ip = 0
-login_per_username = 0
-[tokens]
-unknown = "reject"
+# The default store (100 000) fills within a minute at 10 % sign-ups; the full store then evicts
+# the least recently used tokens, never the soak's members, which use theirs all the time. A
+# larger STORE_ENTRIES shows how RSS grows with the tokens held.
+gate_toml "$GW" "$ADMIN" "http://127.0.0.1:$EMU" "[tokens]
+unknown = \"reject\"
 [store]
-# The default (100 000) fills within a minute at 10 % sign-ups; the full store then evicts the
-# least recently used tokens, never the soak's members, which use theirs all the time. A larger
-# STORE_ENTRIES shows how RSS grows with the tokens held.
-max_entries = ${STORE_ENTRIES:-100000}
-TOML
+max_entries = ${STORE_ENTRIES:-100000}" > "$work/gate.toml"
 taskset -c 0 target/release/account-gate run --config "$work/gate.toml" & gate=$!
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.05; done
 taskset -c 1 target/release/examples/soak "$GW" "$EMU" "$RPS" "$SECONDS_TO_RUN" "$gate"
