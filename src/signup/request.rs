@@ -2,8 +2,10 @@
 //! upstream anything: media type, JSON shape, mechanism, required fields, e-mail shape and
 //! password policy. A request that fails here is answered 400/415 and never forwarded.
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::{Mechanism, SignupError, SignupPolicy};
 
@@ -37,25 +39,40 @@ pub fn is_json_media_type(content_type: Option<&str>) -> bool {
 
 /// Checks a complete request body against the policy.
 pub fn check_body(body: &[u8], policy: &SignupPolicy) -> Result<CheckedRequest, SignupError> {
-    let Strict(document) = serde_json::from_slice::<Strict>(body).map_err(|e| {
+    let document = serde_json::from_slice::<Document>(body).map_err(|e| {
         SignupError::invalid(
             "malformed_json",
             "",
             format!("the body is not valid JSON: {e}"),
         )
     })?;
-    let data = document
-        .as_object()
-        .ok_or_else(|| SignupError::invalid("invalid_body", "", "the body must be a JSON object"))?
-        .get("data")
-        .ok_or_else(|| SignupError::invalid("missing_field", "/data", "`data` is required"))?
-        .as_object()
-        .ok_or_else(|| {
-            SignupError::invalid("invalid_field", "/data", "`data` must be an object")
-        })?;
+    let data = match document {
+        Document::Object(Some(Member::Object(data))) => data,
+        Document::Object(Some(Member::Other)) => {
+            return Err(SignupError::invalid(
+                "invalid_field",
+                "/data",
+                "`data` must be an object",
+            ))
+        }
+        Document::Object(None) => {
+            return Err(SignupError::invalid(
+                "missing_field",
+                "/data",
+                "`data` is required",
+            ))
+        }
+        Document::Other => {
+            return Err(SignupError::invalid(
+                "invalid_body",
+                "",
+                "the body must be a JSON object",
+            ))
+        }
+    };
 
     match data.get("type") {
-        Some(Value::String(kind)) if kind == TOKEN_TYPE => {}
+        Some(Field::Str(kind)) if kind == TOKEN_TYPE => {}
         None => {
             return Err(SignupError::invalid(
                 "missing_field",
@@ -80,7 +97,7 @@ pub fn check_body(body: &[u8], policy: &SignupPolicy) -> Result<CheckedRequest, 
                 "`authentication_mechanism` is required",
             ))
         }
-        Some(Value::String(name)) => Mechanism::parse(name).ok_or_else(|| {
+        Some(Field::Str(name)) => Mechanism::parse(name).ok_or_else(|| {
             SignupError::invalid(
                 "unknown_mechanism",
                 "/data/authentication_mechanism",
@@ -105,11 +122,11 @@ pub fn check_body(body: &[u8], policy: &SignupPolicy) -> Result<CheckedRequest, 
     }
 
     for field in mechanism.required_fields() {
-        required_string(data, field)?;
+        required_string(&data, field)?;
     }
     for field in mechanism.optional_fields() {
-        if let Some(value) = data.get(*field) {
-            if !value.is_string() && !value.is_null() {
+        if let Some(value) = data.get(field) {
+            if matches!(value, Field::Other) {
                 return Err(SignupError::invalid(
                     "invalid_field",
                     format!("/data/{field}"),
@@ -118,7 +135,7 @@ pub fn check_body(body: &[u8], policy: &SignupPolicy) -> Result<CheckedRequest, 
             }
         }
     }
-    if let Some(email) = data.get("email").and_then(Value::as_str) {
+    if let Some(email) = data.get("email").and_then(Field::as_str) {
         if !looks_like_email(email) {
             return Err(SignupError::invalid(
                 "invalid_field",
@@ -127,7 +144,7 @@ pub fn check_body(body: &[u8], policy: &SignupPolicy) -> Result<CheckedRequest, 
             ));
         }
     }
-    let username = data.get("username").and_then(Value::as_str);
+    let username = data.get("username").and_then(Field::as_str);
     if let Some(username) = username {
         if policy.username_must_be_email && !looks_like_email(username) {
             return Err(SignupError::invalid(
@@ -140,7 +157,7 @@ pub fn check_body(body: &[u8], policy: &SignupPolicy) -> Result<CheckedRequest, 
     if mechanism == Mechanism::SelfSignup {
         let length = data
             .get("password")
-            .and_then(Value::as_str)
+            .and_then(Field::as_str)
             .map_or(0, |p| p.chars().count());
         if length < policy.min_password_length {
             return Err(SignupError::invalid(
@@ -159,12 +176,12 @@ pub fn check_body(body: &[u8], policy: &SignupPolicy) -> Result<CheckedRequest, 
     })
 }
 
-fn required_string(data: &Map<String, Value>, field: &str) -> Result<(), SignupError> {
+fn required_string(data: &Fields, field: &str) -> Result<(), SignupError> {
     let (code, problem) = match data.get(field) {
-        Some(Value::String(s)) if !s.trim().is_empty() => return Ok(()),
-        None | Some(Value::Null) => ("missing_field", "is required"),
-        Some(Value::String(_)) => ("missing_field", "must not be empty"),
-        Some(_) => ("invalid_field", "must be a string"),
+        Some(Field::Str(s)) if !s.trim().is_empty() => return Ok(()),
+        None | Some(Field::Null) => ("missing_field", "is required"),
+        Some(Field::Str(_)) => ("missing_field", "must not be empty"),
+        Some(Field::Other) => ("invalid_field", "must be a string"),
     };
     Err(SignupError::invalid(
         code,
@@ -190,66 +207,254 @@ pub fn looks_like_email(value: &str) -> bool {
         && domain.contains('.')
 }
 
-/// A JSON value that refuses duplicate object keys at any depth. Parsers disagree on which
-/// duplicate wins, so a body with duplicates could be checked with one value and acted on by
-/// the upstream with another.
-struct Strict(Value);
+// The body is read in one pass that keeps only what the checks look at (the members of `data`
+// that are strings, borrowed from the body unless escaped) and refuses duplicate object keys at
+// any depth: parsers disagree on which duplicate wins, so a body with duplicates could be
+// checked with one value and acted on by the upstream with another.
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(Strict)
+/// A token request body: an object (with its `data` member, if any) or anything else.
+enum Document<'a> {
+    Object(Option<Member<'a>>),
+    Other,
+}
+
+/// The `data` member: an object's members, or anything else.
+enum Member<'a> {
+    Object(Fields<'a>),
+    Other,
+}
+
+/// The members of `data`, in body order.
+struct Fields<'a>(Vec<(Cow<'a, str>, Field<'a>)>);
+
+impl Fields<'_> {
+    fn get(&self, name: &str) -> Option<&Field<'_>> {
+        self.0.iter().find(|(key, _)| key == name).map(|(_, v)| v)
     }
 }
 
-struct StrictVisitor;
+/// One member of `data`, as far as the checks care.
+enum Field<'a> {
+    Str(Cow<'a, str>),
+    Null,
+    /// A number, boolean, array or object.
+    Other,
+}
 
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
+impl Field<'_> {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Field::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
 
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+/// Refuses an object whose keys repeat: pairwise for the handful of keys real bodies have,
+/// sorted beyond that, so that a body of thousands of keys does not cost a quadratic scan.
+/// (Order does not matter once the keys are known to be unique.)
+fn unique_keys<E: de::Error, T>(items: &mut [T], key: impl Fn(&T) -> &str) -> Result<(), E> {
+    let repeated = if items.len() <= 16 {
+        (1..items.len()).find(|&i| {
+            let k = key(&items[i]);
+            items[..i].iter().any(|other| key(other) == k)
+        })
+    } else {
+        items.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        (1..items.len()).find(|&i| key(&items[i - 1]) == key(&items[i]))
+    };
+    match repeated {
+        Some(i) => Err(E::custom(format_args!(
+            "duplicate key `{}`",
+            key(&items[i])
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// An object key, borrowed from the body unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The shape of a JSON value, read by [`Shape`]: what is kept of it depends on where it is.
+trait Keep<'de>: Sized {
+    /// A number, boolean or array (already walked), and by default anything but an object.
+    fn other() -> Self;
+    /// A string (borrowed when the body holds it unescaped).
+    fn string(_: Cow<'de, str>) -> Self {
+        Self::other()
+    }
+    fn null() -> Self {
+        Self::other()
+    }
+    /// An object: each key and value in turn (duplicates are refused by the caller).
+    fn object<A: MapAccess<'de>>(
+        map: &mut A,
+        keys: &mut Vec<Cow<'de, str>>,
+    ) -> Result<Self, A::Error>;
+}
+
+/// Reads one JSON value into `T`, refusing duplicate keys anywhere inside it.
+struct Shape<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Keep<'de>> DeserializeSeed<'de> for Shape<T> {
+    type Value = T;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, T: Keep<'de>> Visitor<'de> for Shape<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E>(self, _: bool) -> Result<T, E> {
+        Ok(T::other())
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_i64<E>(self, _: i64) -> Result<T, E> {
+        Ok(T::other())
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_u64<E>(self, _: u64) -> Result<T, E> {
+        Ok(T::other())
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_f64<E>(self, _: f64) -> Result<T, E> {
+        Ok(T::other())
     }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<T, E> {
+        Ok(T::string(Cow::Borrowed(v)))
     }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+    fn visit_str<E>(self, v: &str) -> Result<T, E> {
+        Ok(T::string(Cow::Owned(v.to_owned())))
     }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_string<E>(self, v: String) -> Result<T, E> {
+        Ok(T::string(Cow::Owned(v)))
     }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_unit<E>(self) -> Result<T, E> {
+        Ok(T::null())
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(Strict(item)) = seq.next_element()? {
-            items.push(item);
+    fn visit_none<E>(self) -> Result<T, E> {
+        Ok(T::null())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        while seq.next_element_seed(Shape::<Ignored>::new())?.is_some() {}
+        Ok(T::other())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        let mut keys = Vec::new();
+        let value = T::object(&mut map, &mut keys)?;
+        unique_keys(&mut keys, |k| k.as_ref())?;
+        Ok(value)
+    }
+}
+
+impl<T> Shape<T> {
+    fn new() -> Self {
+        Shape(std::marker::PhantomData)
+    }
+}
+
+/// A value nothing is kept of (still walked, for its keys).
+struct Ignored;
+
+impl<'de> Keep<'de> for Ignored {
+    fn other() -> Self {
+        Ignored
+    }
+    fn object<A: MapAccess<'de>>(
+        map: &mut A,
+        keys: &mut Vec<Cow<'de, str>>,
+    ) -> Result<Self, A::Error> {
+        while let Some(Key(key)) = map.next_key()? {
+            map.next_value_seed(Shape::<Ignored>::new())?;
+            keys.push(key);
         }
-        Ok(Value::Array(items))
+        Ok(Ignored)
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut object = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let Strict(value) = map.next_value()?;
-            if object.contains_key(&key) {
-                return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+}
+
+impl<'de> Keep<'de> for Field<'de> {
+    fn string(s: Cow<'de, str>) -> Self {
+        Field::Str(s)
+    }
+    fn null() -> Self {
+        Field::Null
+    }
+    fn other() -> Self {
+        Field::Other
+    }
+    fn object<A: MapAccess<'de>>(
+        map: &mut A,
+        keys: &mut Vec<Cow<'de, str>>,
+    ) -> Result<Self, A::Error> {
+        Ignored::object(map, keys).map(|_| Field::Other)
+    }
+}
+
+impl<'de> Keep<'de> for Member<'de> {
+    fn other() -> Self {
+        Member::Other
+    }
+    fn object<A: MapAccess<'de>>(
+        map: &mut A,
+        _: &mut Vec<Cow<'de, str>>,
+    ) -> Result<Self, A::Error> {
+        let mut fields = Vec::new();
+        while let Some(Key(key)) = map.next_key()? {
+            let value = map.next_value_seed(Shape::<Field>::new())?;
+            fields.push((key, value));
+        }
+        unique_keys(&mut fields, |(k, _)| k.as_ref())?;
+        Ok(Member::Object(Fields(fields)))
+    }
+}
+
+impl<'de> Keep<'de> for Document<'de> {
+    fn other() -> Self {
+        Document::Other
+    }
+    fn object<A: MapAccess<'de>>(
+        map: &mut A,
+        keys: &mut Vec<Cow<'de, str>>,
+    ) -> Result<Self, A::Error> {
+        let mut data = None;
+        while let Some(Key(key)) = map.next_key()? {
+            if key == "data" {
+                data = Some(map.next_value_seed(Shape::<Member>::new())?);
+            } else {
+                map.next_value_seed(Shape::<Ignored>::new())?;
             }
-            object.insert(key, value);
+            keys.push(key);
         }
-        Ok(Value::Object(object))
+        Ok(Document::Object(data))
+    }
+}
+
+impl<'de> Deserialize<'de> for Document<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Shape::<Document>::new().deserialize(deserializer)
     }
 }
 
@@ -284,6 +489,55 @@ mod tests {
         assert_eq!(pointer_of(body), "");
         let body = r#"{"data":{"x":{"a":1,"a":2}}}"#;
         assert_eq!(pointer_of(body), "");
+        // At the top, inside arrays, through escapes, and among more keys than the pairwise
+        // check handles.
+        assert_eq!(pointer_of(r#"{"data":{},"data":{}}"#), "");
+        assert_eq!(pointer_of(r#"[{"a":1,"a":2}]"#), "");
+        assert_eq!(pointer_of(r#"{"data":{"type":1,"typ\u0065":2}}"#), "");
+        let many: Vec<String> = (0..40).map(|i| format!(r#""k{}":{i}"#, i % 39)).collect();
+        assert_eq!(
+            pointer_of(&format!(r#"{{"data":{{{}}}}}"#, many.join(","))),
+            ""
+        );
+        assert_eq!(
+            pointer_of(&format!(r#"{{"x":{{{}}}}}"#, many.join(","))),
+            ""
+        );
+    }
+
+    #[test]
+    fn the_shape_decides_the_answer() {
+        let code_of = |body: &str| match check_body(body.as_bytes(), &policy()) {
+            Err(SignupError::Invalid { code, pointer, .. }) => (code, pointer),
+            other => panic!("expected a 400, got {other:?}"),
+        };
+        assert_eq!(code_of("[]"), ("invalid_body", String::new()));
+        assert_eq!(code_of("{}"), ("missing_field", "/data".to_owned()));
+        assert_eq!(
+            code_of(r#"{"data":[]}"#),
+            ("invalid_field", "/data".to_owned())
+        );
+        let login = |password: &str| {
+            format!(
+                r#"{{"data":{{"type":"{TOKEN_TYPE}","authentication_mechanism":"password","password_profile_id":"p","username":"u@example.com","password":{password}}}}}"#
+            )
+        };
+        assert_eq!(
+            code_of(&login("null")),
+            ("missing_field", "/data/password".to_owned())
+        );
+        assert_eq!(
+            code_of(&login("\" \"")),
+            ("missing_field", "/data/password".to_owned())
+        );
+        assert_eq!(
+            code_of(&login("{}")),
+            ("invalid_field", "/data/password".to_owned())
+        );
+        // Escaped strings are read like any other.
+        let checked = check_body(login(r#""s\u0065cret""#).as_bytes(), &policy()).unwrap();
+        assert_eq!(checked.mechanism, Mechanism::Password);
+        assert_eq!(checked.username.as_deref(), Some("u@example.com"));
     }
 
     #[test]
