@@ -12,6 +12,10 @@ use std::time::{Duration, SystemTime};
 use account_gate::store::{Fingerprint, MemoryStore, MemoryStoreOptions, TokenRecord, TokenStore};
 use criterion::{criterion_group, Criterion, Throughput};
 
+/// The gateway binary's allocator, so that time and memory are measured as it runs.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Set in the child process: `<max_entries>:<accounts per member>` to measure.
 const CHILD_ENV: &str = "STORE_MEMORY_BENCH_CHILD";
 /// Records inserted in each memory measurement.

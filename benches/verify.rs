@@ -14,6 +14,10 @@ use criterion::Criterion;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use tokio::runtime::Runtime;
 
+/// The gateway binary's allocator, so that time and memory are measured as it runs.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const RSA_KEY: &[u8] = include_bytes!("../tests/fixtures/keys/rsa-a.key.pem");
 const RSA_PUB: &[u8] = include_bytes!("../tests/fixtures/keys/rsa-a.pub.pem");
 const SECRET: &[u8] = b"an-hs256-secret-of-thirty-two-bytes!";

@@ -8,6 +8,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// jemalloc: a proxy allocates and frees many small buffers per request, and glibc's malloc
+/// spends much of that time consolidating free chunks. Measured in one run against the system
+/// allocator (4 alternating rounds, one core): +2 % proxied GETs, +11 % sign-ups, +1.5 MiB idle
+/// RSS (mimalloc was as fast but cost 7.5 MiB more idle, over the sidecar budget).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Authenticating reverse proxy for the Commerce account-management API.
 #[derive(Parser)]
 #[command(version, about)]
