@@ -14,9 +14,7 @@ use account_gate::store::{Fingerprint, RedisStore, RedisStoreOptions, TokenRecor
 use criterion::{criterion_group, Criterion, Throughput};
 use futures_util::future::join_all;
 
-/// The gateway binary's allocator, so that time and memory are measured as it runs.
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+mod common;
 
 /// Validations run at once in the concurrent benches.
 const CONCURRENT: usize = 64;

@@ -3,16 +3,15 @@
 //!
 //! `cargo bench --bench signup`
 
-use std::future::Future;
 use std::hint::black_box;
 
 use account_gate::signup::{check_body, records, SignupPolicy};
 use account_gate::store::{MemoryStore, MemoryStoreOptions, TokenStore};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-/// The gateway binary's allocator, so that time and memory are measured as it runs.
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+mod common;
+
+use common::ready;
 
 /// A password login, as storefronts send it.
 const PASSWORD: &str = r#"{"data":{"type":"account_management_authentication_token","authentication_mechanism":"password","password_profile_id":"8d3f0a5e-2c1b-4a7e-9f61-0b5c2d7e4a10","username":"shopper@example.com","password":"correct horse battery staple"}}"#;
@@ -22,15 +21,6 @@ const SELF_SIGNUP: &str = r#"{"data":{"type":"account_management_authentication_
 
 /// The Commerce API's answer to a login with two accounts (the contract's seed document).
 const ISSUED: &str = include_str!("../tests/corpus/seed-201.json");
-
-/// Drives a memory-store future, which never waits, without a runtime's overhead.
-fn ready<F: Future>(f: F) -> F::Output {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::pin::pin!(f).poll(&mut cx) {
-        std::task::Poll::Ready(out) => out,
-        std::task::Poll::Pending => unreachable!("the memory store never waits"),
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let policy = SignupPolicy {

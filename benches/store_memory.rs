@@ -4,7 +4,6 @@
 //!
 //! `cargo bench --bench store_memory`
 
-use std::future::Future;
 use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -12,9 +11,9 @@ use std::time::{Duration, SystemTime};
 use account_gate::store::{Fingerprint, MemoryStore, MemoryStoreOptions, TokenRecord, TokenStore};
 use criterion::{criterion_group, Criterion, Throughput};
 
-/// The gateway binary's allocator, so that time and memory are measured as it runs.
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+mod common;
+
+use common::ready;
 
 /// Set in the child process: `<max_entries>:<accounts per member>` to measure.
 const CHILD_ENV: &str = "STORE_MEMORY_BENCH_CHILD";
@@ -22,15 +21,6 @@ const CHILD_ENV: &str = "STORE_MEMORY_BENCH_CHILD";
 const INSERTS: u64 = 1_000_000;
 /// Records per member in the throughput benches (a member with several accounts).
 const ACCOUNTS_PER_MEMBER: u64 = 3;
-
-/// Drives a memory-store future, which never waits, without a runtime's overhead.
-fn ready<F: Future>(f: F) -> F::Output {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::pin::pin!(f).poll(&mut cx) {
-        std::task::Poll::Ready(out) => out,
-        std::task::Poll::Pending => unreachable!("the memory store never waits"),
-    }
-}
 
 /// A realistic record: UUID-sized ids, a short account name, a 24 h expiry.
 fn record_for(i: u64, fingerprint: Fingerprint, per_member: u64) -> TokenRecord {

@@ -14,9 +14,7 @@ use criterion::Criterion;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use tokio::runtime::Runtime;
 
-/// The gateway binary's allocator, so that time and memory are measured as it runs.
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+mod common;
 
 const RSA_KEY: &[u8] = include_bytes!("../tests/fixtures/keys/rsa-a.key.pem");
 const RSA_PUB: &[u8] = include_bytes!("../tests/fixtures/keys/rsa-a.pub.pem");
