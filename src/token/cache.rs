@@ -125,6 +125,13 @@ impl VerifiedCache {
                 match inflight.get(&fingerprint) {
                     Some(receiver) => Role::Follower(receiver.clone()),
                     None => {
+                        // A leader stores its success before it leaves the in-flight map, so a
+                        // flight that ended between the lookup above and this lock is in the
+                        // cache now: look once more before verifying again.
+                        if let Some(verified) = self.entries.get(&fingerprint) {
+                            self.hits.fetch_add(1, Ordering::Relaxed);
+                            return Ok(verified);
+                        }
                         let (sender, receiver) = watch::channel(None);
                         inflight.insert(fingerprint, receiver);
                         Role::Leader(sender)
@@ -219,6 +226,34 @@ mod tests {
         }
         assert_eq!(cache.misses(), 1);
         assert_eq!(cache.hits(), 19);
+    }
+
+    /// A flight that ends between a caller's cache lookup and its in-flight lookup must not
+    /// start a second verification: with an instant verification and callers on four threads
+    /// that window is hit within a few hundred rounds (it was, in CI, before the second look).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_flight_ending_between_the_two_lookups_is_not_repeated() {
+        let cache = Arc::new(VerifiedCache::new(10_000, 0));
+        let exp = unix_now() + 60;
+        let rounds = 2_000;
+        for round in 0..rounds {
+            let fp = Fingerprint::of(&round.to_string());
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let cache = cache.clone();
+                    tokio::spawn(async move {
+                        cache
+                            .get_or_verify(fp, || async { Ok(verified(exp)) })
+                            .await
+                    })
+                })
+                .collect();
+            for task in tasks {
+                assert!(task.await.unwrap().is_ok());
+            }
+        }
+        assert_eq!(cache.misses(), rounds);
+        assert_eq!(cache.hits(), rounds * 7);
     }
 
     #[tokio::test]
