@@ -220,7 +220,9 @@ impl Upstream {
         loop {
             let (sender, fresh, idle) = match self.pool.take() {
                 Some((sender, idle)) => (sender, false, idle),
-                None => (self.connect().await?, true, Duration::ZERO),
+                // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is a 5 KiB future that would
+                // otherwise be part of, and copied with, every request's future.
+                None => (Box::pin(self.connect()).await?, true, Duration::ZERO),
             };
             let replay = (!fresh && !replayed && idle >= self.replay_after_idle)
                 .then(|| safe_copy(&request))

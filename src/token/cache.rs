@@ -156,7 +156,9 @@ impl VerifiedCache {
             fingerprint,
         };
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let outcome = verify().await.map(Arc::new);
+        // Boxed: a verification (which may wait for a JWKS fetch) is a kilobyte of future that
+        // cache hits, the common case, should not carry.
+        let outcome = Box::pin(verify()).await.map(Arc::new);
         if let Ok(verified) = &outcome {
             self.entries.insert(fingerprint, verified.clone());
         }
