@@ -232,7 +232,8 @@ mod tests {
 
     /// A flight that ends between a caller's cache lookup and its in-flight lookup must not
     /// start a second verification: with an instant verification and callers on four threads
-    /// that window is hit within a few hundred rounds (it was, in CI, before the second look).
+    /// that window is hit within a few hundred rounds (without the second look, every run of
+    /// this test verified a few tokens twice; CI's fifty-caller RS256 test had caught it once).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_flight_ending_between_the_two_lookups_is_not_repeated() {
         let cache = Arc::new(VerifiedCache::new(10_000, 0));
