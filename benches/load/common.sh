@@ -1,5 +1,26 @@
 # Shared by run.sh and soak.sh (sourced, not run).
 
+# Installs with apt-get whichever of the tools named is missing, when it can.
+install_missing() { # tool...
+  local missing=() packages tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  echo "installing: ${missing[*]}"
+  packages=("${missing[@]/taskset/util-linux}")
+  apt-get update -qq >/dev/null 2>&1 || true
+  apt-get install -y -qq "${packages[@]/perf/linux-perf}" >/dev/null 2>&1 || true
+}
+
+# Stops the script unless every tool named is there.
+require() { # tool...
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "needs $tool, which could not be installed"; exit 1; }
+  done
+}
+
 # A free loopback port.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -24,4 +45,55 @@ login_per_ip = 0
 login_per_username = 0
 $4
 TOML
+}
+
+# A scratch directory in $work, removed on exit with every process whose pid is added to pids.
+scratch() {
+  work=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+}
+
+# The member and account the benchmark tokens are issued to, and the HS256 secret they are
+# signed with.
+ACCOUNT=acc-bench-1
+MEMBER=mem-bench-1
+SECRET=bench-hs256-secret-0123456789abcdef
+
+# The token request the benchmarks send: a password login.
+LOGIN='{"data":{"type":"account_management_authentication_token","authentication_mechanism":"password","password_profile_id":"bench-profile","username":"bench@example.com","password":"bench-password"}}'
+
+# wrk's script sending LOGIN, on stdout.
+login_lua() {
+  cat <<LUA
+wrk.method = "POST"
+wrk.body = '$LOGIN'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer bench"
+LUA
+}
+
+# The static upstream of the load benchmarks, as an nginx configuration on stdout: a token
+# request gets the Commerce API's 201 issuing TOKEN to MEMBER on ACCOUNT (valid for a day), any
+# other request a small account document.
+upstream_nginx_conf() { # port workdir token member account
+  local expires answer
+  expires=$(python3 -c 'import datetime; print((datetime.datetime.utcnow()+datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z"))')
+  answer="{\"meta\":{\"page\":{\"limit\":20,\"offset\":0,\"current\":1,\"total\":1},\"results\":{\"total\":1},\"account_member_id\":\"$4\"},\"data\":[{\"account_name\":\"bench\",\"account_id\":\"$5\",\"token\":\"$3\",\"type\":\"account_management_authentication_token\",\"expires\":\"$expires\"}],\"links\":{}}"
+  cat <<NGINX
+worker_processes 1;
+daemon off;
+pid $2/upstream.pid;
+error_log $2/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$1;
+    default_type application/json;
+    location = /v2/account-members/tokens { return 201 '$answer'; }
+    location / { return 200 '{"data":{"id":"$5","type":"account","name":"bench"}}'; }
+  }
+}
+NGINX
 }

@@ -22,60 +22,27 @@ CONNS=${CONNS:-32}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
-missing=()
-for tool in nginx haproxy wrk taskset python3 curl; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  apt-get update -qq >/dev/null 2>&1 || true
-  apt-get install -y -qq "${missing[@]/taskset/util-linux}" >/dev/null 2>&1 || true
-fi
+. benches/load/common.sh
+install_missing nginx haproxy wrk taskset python3 curl
 skip_haproxy=0
 command -v haproxy >/dev/null 2>&1 || { echo "SKIPPED: haproxy is not installed and could not be; no HAProxy rows"; skip_haproxy=1; }
-for tool in nginx wrk python3 curl; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "needs $tool, which could not be installed"; exit 1; }
-done
+require nginx wrk python3 curl
 
 cargo build --release --quiet --bin account-gate --example mint
 BIN=$PWD/target/release/account-gate
 MINT=$PWD/target/release/examples/mint
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-. benches/load/common.sh
+scratch
 
-SECRET=bench-hs256-secret-0123456789abcdef
-ACCOUNT=acc-bench-1
-MEMBER=mem-bench-1
 HS_TOKEN=$("$MINT" hs256 "$SECRET" "$MEMBER" "$ACCOUNT" 86400)
 RS_TOKEN=$("$MINT" rs256 tests/fixtures/keys/rsa-a.key.pem "$MEMBER" "$ACCOUNT" 86400)
-EXPIRES=$(python3 -c 'import datetime; print((datetime.datetime.utcnow()+datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z"))')
 printf '%s' "$SECRET" > "$work/hs256.secret"
 cp tests/fixtures/keys/rsa-a.pub.pem "$work/rsa.pub.pem"
-SIGNUP_ANSWER="{\"meta\":{\"page\":{\"limit\":20,\"offset\":0,\"current\":1,\"total\":1},\"results\":{\"total\":1},\"account_member_id\":\"$MEMBER\"},\"data\":[{\"account_name\":\"bench\",\"account_id\":\"$ACCOUNT\",\"token\":\"$HS_TOKEN\",\"type\":\"account_management_authentication_token\",\"expires\":\"$EXPIRES\"}],\"links\":{}}"
 
 UP=$(port); NGX=$(port); HA_HS=$(port); HA_RS=$(port)
 GW_ISSUED=$(port); GW_HS=$(port); GW_RS=$(port)
 
-cat > "$work/nginx-upstream.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/upstream.pid;
-error_log $work/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:$UP;
-    default_type application/json;
-    location = /v2/account-members/tokens { return 201 '$SIGNUP_ANSWER'; }
-    location / { return 200 '{"data":{"id":"$ACCOUNT","type":"account","name":"bench"}}'; }
-  }
-}
-NGINX
+upstream_nginx_conf "$UP" "$work" "$HS_TOKEN" "$MEMBER" "$ACCOUNT" > "$work/nginx-upstream.conf"
 cat > "$work/nginx-proxy.conf" <<NGINX
 worker_processes 1;
 daemon off;
@@ -165,7 +132,6 @@ ready() { for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$1/" &&
 for p in $UP $NGX $GW_ISSUED $GW_HS $GW_RS; do ready "$p"; done
 [ "$skip_haproxy" = 1 ] || { ready "$HA_HS"; ready "$HA_RS"; }
 
-LOGIN='{"data":{"type":"account_management_authentication_token","authentication_mechanism":"password","password_profile_id":"bench-profile","username":"bench@example.com","password":"bench-password"}}'
 # Teach the issued-mode gateway its token: a login through it.
 curl -s -o /dev/null -X POST "http://127.0.0.1:$GW_ISSUED/v2/account-members/tokens" \
   -H 'Content-Type: application/json' -H 'Authorization: Bearer bench' -d "$LOGIN"
@@ -187,12 +153,7 @@ check gate-hs256 "$GW_HS" "$HS_TOKEN"
 check gate-rs256 "$GW_RS" "$RS_TOKEN"
 [ "$skip_haproxy" = 1 ] || { check haproxy-hs256 "$HA_HS" "$HS_TOKEN"; check haproxy-rs256 "$HA_RS" "$RS_TOKEN"; }
 
-cat > "$work/login.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '$LOGIN'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer bench"
-LUA
+login_lua > "$work/login.lua"
 
 # name|url|token|lua
 targets=(
