@@ -20,6 +20,14 @@ pub const ROUTES: [&str; 3] = ["signup", "scoped", "passthrough"];
 pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Upstream failure kinds: the only values the `upstream_errors_total{kind}` label takes.
 pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "failed"];
+/// Why a token was accepted: the `reason` values of `token_validations_total{outcome="accepted"}`.
+pub const ACCEPTED_REASONS: [&str; 5] = [
+    "issued",
+    "signature",
+    "issued_and_signature",
+    "no_token",
+    "learned",
+];
 
 /// Latency buckets from 100 µs to 30 s, roughly ×2.5 apart.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -60,6 +68,12 @@ pub struct Metrics {
     /// Per route class (in [`ROUTES`] order), the handles every request updates, resolved once so
     /// the hot path does no label lookup.
     routes: [RouteHandles; 3],
+    /// `signups_total{mechanism,outcome}`, resolved once: row 0 is the unknown mechanism, then
+    /// `Mechanism::ALL`; columns follow `Outcome::ALL`.
+    signups: [[IntCounter; Outcome::ALL.len()]; Mechanism::ALL.len() + 1],
+    /// `token_validations_total{outcome="accepted"}` per reason of [`ACCEPTED_REASONS`], resolved
+    /// once: every validated request counts one.
+    accepted: [IntCounter; 5],
     /// Serialises [`Metrics::sync_verified_cache`], which copies counters kept elsewhere.
     verified_sync: std::sync::Mutex<()>,
 }
@@ -188,12 +202,16 @@ impl Metrics {
         for kind in UPSTREAM_ERROR_KINDS {
             upstream_errors_total.with_label_values(&[kind]);
         }
-        for outcome in Outcome::ALL {
-            signups_total.with_label_values(&["unknown", outcome.as_str()]);
-            for mechanism in Mechanism::ALL {
-                signups_total.with_label_values(&[mechanism.as_str(), outcome.as_str()]);
-            }
-        }
+        // Row 0 is `mechanism="unknown"` (refused before the mechanism was read), then
+        // `Mechanism::ALL` in order.
+        let signups = std::array::from_fn(|row| {
+            let mechanism = row
+                .checked_sub(1)
+                .and_then(|i| Mechanism::ALL.get(i))
+                .map_or("unknown", |m| m.as_str());
+            Outcome::ALL
+                .map(|outcome| signups_total.with_label_values(&[mechanism, outcome.as_str()]))
+        });
         for backend in store::BACKENDS {
             for op in store::OPS {
                 store_errors_total.with_label_values(&[backend, op]);
@@ -202,15 +220,8 @@ impl Metrics {
         for limit in Limit::ALL {
             rate_limited_total.with_label_values(&[limit.as_str()]);
         }
-        for reason in [
-            "issued",
-            "signature",
-            "issued_and_signature",
-            "no_token",
-            "learned",
-        ] {
-            token_validations_total.with_label_values(&["accepted", reason]);
-        }
+        let accepted = ACCEPTED_REASONS
+            .map(|reason| token_validations_total.with_label_values(&["accepted", reason]));
         token_validations_total.with_label_values(&["deferred", "token_unknown"]);
         for outcome in ["success", "failure"] {
             config_reloads_total.with_label_values(&[outcome]);
@@ -225,6 +236,8 @@ impl Metrics {
         });
         Ok(Metrics {
             routes,
+            signups,
+            accepted,
             registry,
             requests_total,
             request_duration_seconds,
@@ -251,6 +264,34 @@ impl Metrics {
             handles.requests[class].inc();
             handles.duration.observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// Counts one token request's outcome in `signups_total{mechanism,outcome}`; `None` is a
+    /// request refused before its mechanism was known.
+    pub fn count_signup(&self, mechanism: Option<Mechanism>, outcome: Outcome) {
+        let row = mechanism.map_or(Some(0), |m| {
+            Mechanism::ALL
+                .iter()
+                .position(|known| *known == m)
+                .map(|i| i + 1)
+        });
+        let column = Outcome::ALL.iter().position(|known| *known == outcome);
+        if let (Some(row), Some(column)) = (row, column) {
+            self.signups[row][column].inc();
+        }
+    }
+
+    /// Counts one token decision in `token_validations_total{outcome,reason}`.
+    pub fn count_validation(&self, outcome: &str, reason: &str) {
+        if outcome == "accepted" {
+            if let Some(i) = ACCEPTED_REASONS.iter().position(|known| *known == reason) {
+                self.accepted[i].inc();
+                return;
+            }
+        }
+        self.token_validations_total
+            .with_label_values(&[outcome, reason])
+            .inc();
     }
 
     /// Records how long the upstream took for a request of route class `route`.
@@ -287,4 +328,50 @@ struct RouteHandles {
     requests: [IntCounter; 5],
     duration: Histogram,
     upstream: Histogram,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolved_counters_count_under_their_own_labels() {
+        let metrics = Metrics::new().expect("metrics");
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            // Each pair counted a different number of times, so a mixed-up row or column shows.
+            for _ in 0..=i {
+                metrics.count_signup(None, outcome);
+                for mechanism in Mechanism::ALL {
+                    metrics.count_signup(Some(mechanism), outcome);
+                }
+            }
+        }
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            let labels = std::iter::once("unknown").chain(Mechanism::ALL.map(Mechanism::as_str));
+            for mechanism in labels {
+                let counted = metrics
+                    .signups_total
+                    .with_label_values(&[mechanism, outcome.as_str()])
+                    .get();
+                assert_eq!(counted, i as u64 + 1, "{mechanism} {}", outcome.as_str());
+            }
+        }
+
+        for (i, reason) in ACCEPTED_REASONS.into_iter().enumerate() {
+            for _ in 0..=i {
+                metrics.count_validation("accepted", reason);
+            }
+        }
+        metrics.count_validation("rejected", "token_expired");
+        let validations = |outcome, reason| {
+            metrics
+                .token_validations_total
+                .with_label_values(&[outcome, reason])
+                .get()
+        };
+        for (i, reason) in ACCEPTED_REASONS.into_iter().enumerate() {
+            assert_eq!(validations("accepted", reason), i as u64 + 1, "{reason}");
+        }
+        assert_eq!(validations("rejected", "token_expired"), 1);
+    }
 }

@@ -29,25 +29,41 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes the hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the (few) names beats nine hashed removals.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One pass over the (few) names notes which of the fixed list are present; most requests
+    // carry none, and most answers only `Connection: keep-alive`.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    // Collect first: the names live in values of the map we are about to change. The usual
-    // `Connection: keep-alive` names nothing beyond the fixed list and allocates nothing.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !HOP_BY_HOP.contains(name))
-        .collect();
-    for name in &named {
-        headers.remove(name);
+    // `HOP_BY_HOP[0]` is `Connection`. Its options beyond the fixed list are looked up by their
+    // text, and only those present are copied out (the names live in values of the map about to
+    // change): the usual `keep-alive` or `close` costs no allocation.
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|option| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|hop| option.eq_ignore_ascii_case(hop.as_str()))
+                    && headers.contains_key(*option)
+            })
+            .filter_map(|option| HeaderName::from_bytes(option.as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
     }
-    for name in &HOP_BY_HOP {
-        if headers.keys().any(|key| key == name) {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
@@ -161,6 +177,32 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_options_are_matched_without_regard_to_case() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, Close"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("close", HeaderValue::from_static("named by an option"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+
+        // The usual answer: only `Connection: keep-alive`.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
     }
 
     #[test]

@@ -303,7 +303,7 @@ impl Signup {
 
     /// Counts one token request's outcome.
     pub fn count(&self, mechanism: Option<Mechanism>, outcome: Outcome) {
-        count(&self.metrics, mechanism, outcome);
+        self.metrics.count_signup(mechanism, outcome);
     }
 
     /// Counts a request refused by a rate limit.
@@ -313,14 +313,6 @@ impl Signup {
             .with_label_values(&[limit.as_str()])
             .inc();
     }
-}
-
-fn count(metrics: &Metrics, mechanism: Option<Mechanism>, outcome: Outcome) {
-    let mechanism = mechanism.map_or("unknown", Mechanism::as_str);
-    metrics
-        .signups_total
-        .with_label_values(&[mechanism, outcome.as_str()])
-        .inc();
 }
 
 /// Records the tokens of one `201` answer.
@@ -337,7 +329,8 @@ impl TeeSink for Learner {
                 Ok(records) => records,
                 Err(error) => {
                     tracing::warn!(%error, mechanism = self.mechanism.as_str(), "201 not learnt");
-                    count(&self.metrics, Some(self.mechanism), Outcome::Unrecorded);
+                    self.metrics
+                        .count_signup(Some(self.mechanism), Outcome::Unrecorded);
                     return;
                 }
             };
@@ -349,12 +342,14 @@ impl TeeSink for Learner {
                 }
             }
             self.metrics.tokens_issued_total.inc_by(recorded);
-            count(&self.metrics, Some(self.mechanism), Outcome::Issued);
+            self.metrics
+                .count_signup(Some(self.mechanism), Outcome::Issued);
         })
     }
 
     fn incomplete(self: Box<Self>, why: Incomplete) {
         tracing::warn!(?why, mechanism = self.mechanism.as_str(), "201 not learnt");
-        count(&self.metrics, Some(self.mechanism), Outcome::Unrecorded);
+        self.metrics
+            .count_signup(Some(self.mechanism), Outcome::Unrecorded);
     }
 }

@@ -429,10 +429,7 @@ impl Validator {
     }
 
     fn count(&self, outcome: &str, reason: &str) {
-        self.metrics
-            .token_validations_total
-            .with_label_values(&[outcome, reason])
-            .inc();
+        self.metrics.count_validation(outcome, reason);
     }
 }
 
