@@ -337,23 +337,24 @@ mod tests {
     #[test]
     fn resolved_counters_count_under_their_own_labels() {
         let metrics = Metrics::new().expect("metrics");
-        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
-            // Each pair counted a different number of times, so a mixed-up row or column shows.
-            for _ in 0..=i {
-                metrics.count_signup(None, outcome);
-                for mechanism in Mechanism::ALL {
-                    metrics.count_signup(Some(mechanism), outcome);
+        let mechanisms = || std::iter::once(None).chain(Mechanism::ALL.map(Some));
+        // Each pair is counted a different number of times, so a mixed-up row or column shows.
+        let times = |row: usize, column: usize| (row * Outcome::ALL.len() + column + 1) as u64;
+        for (row, mechanism) in mechanisms().enumerate() {
+            for (column, outcome) in Outcome::ALL.into_iter().enumerate() {
+                for _ in 0..times(row, column) {
+                    metrics.count_signup(mechanism, outcome);
                 }
             }
         }
-        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
-            let labels = std::iter::once("unknown").chain(Mechanism::ALL.map(Mechanism::as_str));
-            for mechanism in labels {
+        for (row, mechanism) in mechanisms().enumerate() {
+            let label = mechanism.map_or("unknown", Mechanism::as_str);
+            for (column, outcome) in Outcome::ALL.into_iter().enumerate() {
                 let counted = metrics
                     .signups_total
-                    .with_label_values(&[mechanism, outcome.as_str()])
+                    .with_label_values(&[label, outcome.as_str()])
                     .get();
-                assert_eq!(counted, i as u64 + 1, "{mechanism} {}", outcome.as_str());
+                assert_eq!(counted, times(row, column), "{label} {}", outcome.as_str());
             }
         }
 
