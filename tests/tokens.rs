@@ -349,8 +349,9 @@ async fn missing_or_repeated_token_headers_and_odd_paths_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn identity_headers_come_from_the_token_never_from_the_client() {
+/// A gateway (unknown tokens refused) in front of a recording upstream, with one token of
+/// `member-a` on `account-a` in its store.
+async fn gateway_knowing_a_token() -> (TestUpstream, RunningGateway, String) {
     let upstream = TestUpstream::http().await;
     let gateway = TestGateway::new(&upstream.url)
         .configure(|c| c.tokens.unknown = UnknownTokens::Reject)
@@ -368,6 +369,12 @@ async fn identity_headers_come_from_the_token_never_from_the_client() {
         })
         .await
         .expect("record");
+    (upstream, gateway, token)
+}
+
+#[tokio::test]
+async fn identity_headers_come_from_the_token_never_from_the_client() {
+    let (upstream, gateway, token) = gateway_knowing_a_token().await;
     let api = Commerce::new(&gateway.url(""));
     let spoof = [
         ("x-account-id", "account-b"),
@@ -391,6 +398,43 @@ async fn identity_headers_come_from_the_token_never_from_the_client() {
     let seen = upstream.seen().pop().expect("seen");
     assert!(!seen.headers.contains_key("x-account-id"));
     assert!(!seen.headers.contains_key("x-account-member-id"));
+}
+
+#[tokio::test]
+async fn a_connection_header_cannot_remove_what_the_gateway_adds_or_checks() {
+    let (upstream, gateway, token) = gateway_knowing_a_token().await;
+    let api = Commerce::new(&gateway.url(""));
+
+    // Options naming the headers the gateway adds: they reach the upstream all the same.
+    let connection = "X-Account-Id, x-account-member-id, X-Forwarded-For, x-request-id";
+    let headers = [(ACCOUNT_TOKEN, token.as_str()), ("connection", connection)];
+    let answer = api
+        .send(Method::GET, "/v2/accounts/account-a", &headers, "")
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let seen = upstream.seen().pop().expect("seen");
+    assert_eq!(seen.headers["x-account-id"], "account-a");
+    assert_eq!(seen.headers["x-account-member-id"], "member-a");
+    assert!(seen.headers.contains_key("x-forwarded-for"));
+    assert!(seen.headers.contains_key("x-request-id"));
+    assert!(!seen.headers.contains_key("connection"));
+
+    // A token the client declares hop-by-hop is not part of the message: not checked, not
+    // forwarded, so the account route answers as it does without one.
+    let calls = upstream.calls();
+    let headers = [
+        (ACCOUNT_TOKEN, token.as_str()),
+        ("connection", "EP-Account-Management-Authentication-Token"),
+    ];
+    let answer = api
+        .send(Method::GET, "/v2/accounts/account-a", &headers, "")
+        .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        upstream.calls(),
+        calls,
+        "refused without reaching the upstream"
+    );
 }
 
 #[tokio::test]

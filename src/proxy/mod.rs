@@ -146,10 +146,14 @@ impl Gateway {
     /// Answers one request from `peer`. Never fails: every problem becomes an HTTP answer.
     pub async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
+        // Hop-by-hop headers go before anything reads or adds one: what is checked is what is
+        // forwarded, and a `Connection` header cannot name the headers the gateway adds (its
+        // identity and forwarding headers) and so have them removed on the way out.
+        headers::strip_hop_by_hop(request.headers_mut());
         let request_id = headers::request_id(request.headers());
         let method = request.method().clone();
         let client = headers::client_ip(peer.ip(), request.headers(), self.trusted_hops);
@@ -352,7 +356,6 @@ impl Gateway {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        headers::strip_hop_by_hop(&mut parts.headers);
         headers::set_forwarded(&mut parts.headers, peer.ip(), host);
         parts
             .headers
