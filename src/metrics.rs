@@ -73,7 +73,7 @@ pub struct Metrics {
     signups: [[IntCounter; Outcome::ALL.len()]; Mechanism::ALL.len() + 1],
     /// `token_validations_total{outcome="accepted"}` per reason of [`ACCEPTED_REASONS`], resolved
     /// once: every validated request counts one.
-    accepted: [IntCounter; 5],
+    accepted: [IntCounter; ACCEPTED_REASONS.len()],
     /// Serialises [`Metrics::sync_verified_cache`], which copies counters kept elsewhere.
     verified_sync: std::sync::Mutex<()>,
 }

@@ -8,7 +8,7 @@ use account_gate::config::UnknownTokens;
 use account_gate::emulator::{mint_token, Emulator, EmulatorHandle, EmulatorOptions};
 use account_gate::store::{Fingerprint, TokenRecord, TokenStore};
 use common::commerce::{issued, signup_data, Answer, Commerce, ACCOUNT_TOKEN, TOKENS};
-use common::upstream::TestUpstream;
+use common::upstream::{Seen, TestUpstream};
 use common::{RunningGateway, TestGateway};
 use http::{Method, StatusCode};
 
@@ -372,6 +372,23 @@ async fn gateway_knowing_a_token() -> (TestUpstream, RunningGateway, String) {
     (upstream, gateway, token)
 }
 
+/// Reads `account-a` with `headers` (which carry member-a's token), and returns what the
+/// upstream saw after checking it was told member-a's identity.
+async fn forwarded_as_member_a(
+    api: &Commerce,
+    upstream: &TestUpstream,
+    headers: &[(&str, &str)],
+) -> Seen {
+    let answer = api
+        .send(Method::GET, "/v2/accounts/account-a", headers, "")
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let seen = upstream.seen().pop().expect("seen");
+    assert_eq!(seen.headers["x-account-id"], "account-a");
+    assert_eq!(seen.headers["x-account-member-id"], "member-a");
+    seen
+}
+
 #[tokio::test]
 async fn identity_headers_come_from_the_token_never_from_the_client() {
     let (upstream, gateway, token) = gateway_knowing_a_token().await;
@@ -383,13 +400,7 @@ async fn identity_headers_come_from_the_token_never_from_the_client() {
 
     let mut headers = vec![(ACCOUNT_TOKEN, token.as_str())];
     headers.extend_from_slice(&spoof);
-    let answer = api
-        .send(Method::GET, "/v2/accounts/account-a", &headers, "")
-        .await;
-    assert_eq!(answer.status, StatusCode::OK);
-    let seen = upstream.seen().pop().expect("seen");
-    assert_eq!(seen.headers["x-account-id"], "account-a");
-    assert_eq!(seen.headers["x-account-member-id"], "member-a");
+    let seen = forwarded_as_member_a(&api, &upstream, &headers).await;
     assert_eq!(seen.headers.get_all("x-account-id").iter().count(), 1);
 
     // Without a token, the client's copies are removed all the same.
@@ -408,13 +419,7 @@ async fn a_connection_header_cannot_remove_what_the_gateway_adds_or_checks() {
     // Options naming the headers the gateway adds: they reach the upstream all the same.
     let connection = "X-Account-Id, x-account-member-id, X-Forwarded-For, x-request-id";
     let headers = [(ACCOUNT_TOKEN, token.as_str()), ("connection", connection)];
-    let answer = api
-        .send(Method::GET, "/v2/accounts/account-a", &headers, "")
-        .await;
-    assert_eq!(answer.status, StatusCode::OK);
-    let seen = upstream.seen().pop().expect("seen");
-    assert_eq!(seen.headers["x-account-id"], "account-a");
-    assert_eq!(seen.headers["x-account-member-id"], "member-a");
+    let seen = forwarded_as_member_a(&api, &upstream, &headers).await;
     assert!(seen.headers.contains_key("x-forwarded-for"));
     assert!(seen.headers.contains_key("x-request-id"));
     assert!(!seen.headers.contains_key("connection"));

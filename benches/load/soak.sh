@@ -11,9 +11,8 @@ cd "$(dirname "$0")/../.."
 RPS=${1:-10000}
 SECONDS_TO_RUN=${2:-300}
 cargo build --release --quiet --bin account-gate --example soak
-work=$(mktemp -d)
-trap 'kill $gate 2>/dev/null || true; rm -rf "$work"' EXIT
 . benches/load/common.sh
+scratch
 GW=$(port); ADMIN=$(port); EMU=$(port)
 # The default store (100 000) fills within a minute at 10 % sign-ups; the full store then evicts
 # the least recently used tokens, never the soak's members, which use theirs all the time. A
@@ -23,5 +22,6 @@ unknown = \"reject\"
 [store]
 max_entries = ${STORE_ENTRIES:-100000}" > "$work/gate.toml"
 taskset -c 0 target/release/account-gate run --config "$work/gate.toml" & gate=$!
+pids+=("$gate")
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.05; done
 taskset -c 1 target/release/examples/soak "$GW" "$EMU" "$RPS" "$SECONDS_TO_RUN" "$gate"
