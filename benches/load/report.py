@@ -1,5 +1,6 @@
 """Summarises a load run: medians per target, ratios against the targets of issue 8, JSON + SVG."""
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -7,8 +8,14 @@ from collections import defaultdict
 path, idle_kib, conns_kib, start_ms, cores, cpu = sys.argv[1:7]
 rows = defaultdict(list)
 for line in open(path):
-    name, _round, rps, p50, p99, bad = line.rstrip("\n").split("\t")
-    rows[name].append((float(rps), float(p50), float(p99), int(bad)))
+    name, _round, rps, p50, p99, bad, user_us, sys_us = line.rstrip("\n").split("\t")
+    rows[name].append((float(rps), float(p50), float(p99), int(bad), float(user_us), float(sys_us)))
+
+
+def median(values):
+    values = [v for v in values if not math.isnan(v)]
+    return round(statistics.median(values), 2) if values else None
+
 
 summary = {}
 for name, samples in rows.items():
@@ -18,11 +25,18 @@ for name, samples in rows.items():
         "p99_ms": statistics.median(s[2] for s in samples),
         "failed": sum(s[3] for s in samples),
         "rounds": len(samples),
+        # The proxy's CPU time per request: user space and kernel (microseconds).
+        "user_us": median(s[4] for s in samples),
+        "sys_us": median(s[5] for s in samples),
     }
 
-print(f"\n{'target':<16}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}")
+def us(value):
+    return f"{value:.2f}" if value is not None else "-"
+
+print(f"\n{'target':<16}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}{'user us':>9}{'sys us':>8}")
 for name, s in summary.items():
-    print(f"{name:<16}{s['rps']:>12.0f}{s['p50_ms']:>10.3f}{s['p99_ms']:>10.3f}{s['failed']:>8}")
+    print(f"{name:<16}{s['rps']:>12.0f}{s['p50_ms']:>10.3f}{s['p99_ms']:>10.3f}{s['failed']:>8}"
+          f"{us(s['user_us']):>9}{us(s['sys_us']):>8}")
 
 def ratio(a, b):
     return summary[a]["rps"] / summary[b]["rps"] if a in summary and b in summary else None

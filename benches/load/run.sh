@@ -13,7 +13,9 @@
 # share the other core. Rounds alternate the targets. Everything listens on 127.0.0.1 and every
 # wrk run stops by itself after DURATION seconds.
 #
-# Writes benches/results/load.json and benches/results/load.svg; prints the table and ratios.
+# Writes benches/results/load.json and benches/results/load.svg; prints the table (req/s, p50,
+# p99, and the CPU time each proxy spent per request, in user space and in the kernel) and the
+# ratios.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
@@ -121,7 +123,8 @@ public_key_file = \"$work/rsa.pub.pem\""
 
 taskset -c "$LOAD_CPU" nginx -c "$work/nginx-upstream.conf" -p "$work" & pids+=($!)
 taskset -c "$PROXY_CPU" nginx -c "$work/nginx-proxy.conf" -p "$work" & pids+=($!)
-[ "$skip_haproxy" = 1 ] || { taskset -c "$PROXY_CPU" haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!); }
+nginx_master=$!
+[ "$skip_haproxy" = 1 ] || { taskset -c "$PROXY_CPU" haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!); pid_haproxy=$!; }
 for g in issued hs rs; do
   taskset -c "$PROXY_CPU" "$BIN" run --config "$work/$g.toml" 2>"$work/$g.log" & pids+=($!)
   eval "pid_$g=$!"
@@ -155,20 +158,26 @@ check gate-rs256 "$GW_RS" "$RS_TOKEN"
 
 login_lua > "$work/login.lua"
 
-# name|url|token|lua
+# The process whose CPU time each target costs: nginx's worker (its master only supervises), or
+# the HAProxy or gateway process itself; none for the direct target.
+pid_nginx=$(pgrep -P "$nginx_master" | head -n1)
+# name|url|token|lua|pid
 targets=(
-  "direct|http://127.0.0.1:$UP$ACC_PATH||"
-  "nginx|http://127.0.0.1:$NGX$ACC_PATH|$HS_TOKEN|"
-  "gate-issued|http://127.0.0.1:$GW_ISSUED$ACC_PATH|$HS_TOKEN|"
-  "gate-hs256|http://127.0.0.1:$GW_HS$ACC_PATH|$HS_TOKEN|"
-  "gate-rs256|http://127.0.0.1:$GW_RS$ACC_PATH|$RS_TOKEN|"
-  "nginx-signup|http://127.0.0.1:$NGX/v2/account-members/tokens||$work/login.lua"
-  "gate-signup|http://127.0.0.1:$GW_ISSUED/v2/account-members/tokens||$work/login.lua"
+  "direct|http://127.0.0.1:$UP$ACC_PATH|||"
+  "nginx|http://127.0.0.1:$NGX$ACC_PATH|$HS_TOKEN||$pid_nginx"
+  "gate-issued|http://127.0.0.1:$GW_ISSUED$ACC_PATH|$HS_TOKEN||$pid_issued"
+  "gate-hs256|http://127.0.0.1:$GW_HS$ACC_PATH|$HS_TOKEN||$pid_hs"
+  "gate-rs256|http://127.0.0.1:$GW_RS$ACC_PATH|$RS_TOKEN||$pid_rs"
+  "nginx-signup|http://127.0.0.1:$NGX/v2/account-members/tokens||$work/login.lua|$pid_nginx"
+  "gate-signup|http://127.0.0.1:$GW_ISSUED/v2/account-members/tokens||$work/login.lua|$pid_issued"
 )
 [ "$skip_haproxy" = 1 ] || targets+=(
-  "haproxy-hs256|http://127.0.0.1:$HA_HS$ACC_PATH|$HS_TOKEN|"
-  "haproxy-rs256|http://127.0.0.1:$HA_RS$ACC_PATH|$RS_TOKEN|"
+  "haproxy-hs256|http://127.0.0.1:$HA_HS$ACC_PATH|$HS_TOKEN||$pid_haproxy"
+  "haproxy-rs256|http://127.0.0.1:$HA_RS$ACC_PATH|$RS_TOKEN||$pid_haproxy"
 )
+# A process's user and system CPU time so far, in clock ticks (fields 14 and 15 of its stat).
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
 
 results=$work/results.tsv
 : > "$results"
@@ -177,12 +186,15 @@ for round in $(seq "$ROUNDS"); do
   # Alternate the order each round so no target always runs first or last.
   if [ $((round % 2)) = 0 ]; then order=$(seq $((${#targets[@]} - 1)) -1 0); else order=$(seq 0 $((${#targets[@]} - 1))); fi
   for i in $order; do
-    IFS='|' read -r name url token lua <<<"${targets[$i]}"
+    IFS='|' read -r name url token lua pid <<<"${targets[$i]}"
     args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
     [ -n "$token" ] && args+=(-H "EP-Account-Management-Authentication-Token: $token")
     [ -n "$lua" ] && args+=(-s "$lua")
+    cpu=()
+    [ -n "$pid" ] && read -r user0 sys0 < <(ticks "$pid")
     out=$(taskset -c "$LOAD_CPU" wrk "${args[@]}" "$url")
-    echo "$out" | python3 benches/load/parse_wrk.py "$name" "$round" >> "$results"
+    [ -n "$pid" ] && read -r user1 sys1 < <(ticks "$pid") && cpu=($((user1 - user0)) $((sys1 - sys0)) "$HZ")
+    echo "$out" | python3 benches/load/parse_wrk.py "$name" "$round" "${cpu[@]}" >> "$results"
     tail -n1 "$results"
   done
 done
