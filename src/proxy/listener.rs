@@ -47,6 +47,12 @@ pub async fn serve<H, F>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
+        // Copy each answer's body into the head's buffer and send both with one write() instead
+        // of a writev() of queued buffers: the gateway's answers are small, and the copy costs
+        // less than the queue (callgrind: 60 325 -> 59 597 instructions per proxied GET with
+        // the upstream side doing the same; same-run A/B, 6 rounds each way: +2.5 % GETs,
+        // +4 % sign-ups). hyper still bounds the buffer by `max_buf_size`.
+        .writev(false)
         .max_buf_size(settings.max_header_bytes.max(8192));
     builder
         .http2()
