@@ -306,10 +306,7 @@ impl Upstream {
             self.pool.share_http2(sender.clone());
             return Ok(Sender::Http2(sender));
         }
-        // One flat buffer per write (see `listener::serve`): +2.5 % proxied GETs.
-        let (sender, connection) = http1::Builder::new()
-            .writev(false)
-            .handshake(stream)
+        let (sender, connection) = http1::handshake(stream)
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
         tokio::spawn(drive(connection));
