@@ -1,4 +1,5 @@
-"""Summarises a load run: medians per target, ratios against the targets of issue 8, JSON + SVG."""
+"""Summarises a load run: medians per target, same-round ratios against the targets of issue 8,
+JSON + SVG."""
 import json
 import math
 import statistics
@@ -7,9 +8,11 @@ from collections import defaultdict
 
 path, idle_kib, conns_kib, start_ms, cores, cpu = sys.argv[1:7]
 rows = defaultdict(list)
+rps_by_round = defaultdict(dict)
 for line in open(path):
-    name, _round, rps, p50, p99, bad, user_us, sys_us = line.rstrip("\n").split("\t")
+    name, round_, rps, p50, p99, bad, user_us, sys_us = line.rstrip("\n").split("\t")
     rows[name].append((float(rps), float(p50), float(p99), int(bad), float(user_us), float(sys_us)))
+    rps_by_round[round_][name] = float(rps)
 
 
 def median(values):
@@ -39,7 +42,11 @@ for name, s in summary.items():
           f"{us(s['user_us']):>9}{us(s['sys_us']):>8}")
 
 def ratio(a, b):
-    return summary[a]["rps"] / summary[b]["rps"] if a in summary and b in summary else None
+    """The median over rounds of a's req/s over b's in the same round. A round runs every target
+    back to back, so a shared machine that speeds up or slows down between rounds moves both
+    sides of each round's ratio alike, where it would skew a ratio of the two medians."""
+    ratios = [r[a] / r[b] for r in rps_by_round.values() if a in r and b in r]
+    return statistics.median(ratios) if ratios else None
 
 checks = [
     ("HS256 signature mode vs HAProxy jwt_verify", "gate-hs256", "haproxy-hs256", 1.3),
