@@ -9,6 +9,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use crate::proxy::{full_body, Body, UpstreamError};
+use crate::scope::PathError;
 use crate::signup::SignupError;
 use crate::validator::Rejection;
 
@@ -24,6 +25,15 @@ pub enum GatewayError {
     /// An account token was refused.
     #[error(transparent)]
     Token(#[from] Rejection),
+    /// The request target has no canonical form (400 `path_not_normalized`).
+    #[error("{0}; send the path in normal form")]
+    Path(#[from] PathError),
+    /// A method the route does not take (405 `method_not_allowed` with `Allow`).
+    #[error("{method} is not allowed here (allowed: {allow})")]
+    MethodNotAllowed {
+        method: http::Method,
+        allow: &'static str,
+    },
 }
 
 /// One JSON:API error object, as the Commerce API writes them.
@@ -70,9 +80,12 @@ impl GatewayError {
                     Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
                     Rejection::ScopeMismatch | Rejection::MemberMismatch => StatusCode::FORBIDDEN,
                     Rejection::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-                    Rejection::PathNotNormalized => StatusCode::BAD_REQUEST,
                 };
                 (status, rejection.code())
+            }
+            GatewayError::Path(_) => (StatusCode::BAD_REQUEST, "path_not_normalized"),
+            GatewayError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
         }
     }
@@ -91,6 +104,9 @@ impl GatewayError {
                 // Whole seconds, rounded up: a client retrying on time must not be early.
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            GatewayError::MethodNotAllowed { allow, .. } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             GatewayError::Token(Rejection::Unauthorized(_)) => {
                 headers.insert(

@@ -87,7 +87,7 @@ impl Generation {
             upstream,
             signup,
             validator,
-            config.signup.path.clone(),
+            &config.server.strip_request_headers,
             config.server.trusted_hops,
             shared.metrics.clone(),
         ));

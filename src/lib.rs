@@ -10,6 +10,7 @@
 //! - [`signup`]: checks token requests, rate-limits them, and learns the tokens issued.
 //! - [`store`]: the issued-token registry (fingerprints by member) and the revocation deny-list.
 //! - [`token`]: reading account tokens and verifying their signatures (keys, JWKS, cache).
+//! - [`target`]: the canonical request target every decision is made on and that is forwarded.
 //! - [`scope`]: route rules — which paths need a token, which segment must match which claim.
 //! - [`validator`]: the decision on each account-scoped request (modes, unknown tokens,
 //!   revocation, identity headers).
@@ -25,8 +26,9 @@
 //! # The path of a request
 //!
 //! `proxy::serve` accepts a connection (bounded by `max_connections`) and hands each request to
-//! `Gateway::handle`, which classifies it, rewrites its headers (hop-by-hop out, `X-Forwarded-*`
-//! and `X-Request-Id` in), forwards it through the pooled `Upstream` client and streams the
+//! `Gateway::handle`, which removes hop-by-hop, identity and routing-override headers, puts the
+//! target in canonical form (or refuses it), routes it on that form (token endpoint, CORS
+//! preflight, account-scoped), rewrites its headers (`X-Forwarded-*` and `X-Request-Id` in), forwards it through the pooled `Upstream` client and streams the
 //! answer back; an upstream failure becomes a 502/504 answer written by [`answer`].
 //!
 //! [`Config`]: config::Config
@@ -50,6 +52,7 @@ pub mod server;
 pub mod signup;
 pub mod store;
 mod sync;
+pub mod target;
 pub mod tls;
 pub mod token;
 pub mod validator;

@@ -3,10 +3,17 @@
 //!
 //! A rule's path is literal segments and placeholders: `{account_id}` binds the token's account
 //! (`scope`) to that segment, `{member_id}` binds its member (`sub`). A rule matches its path
-//! and everything below it. Literals match case-insensitively, so `/V2/Accounts/B` cannot slip
-//! past the rule for `/v2/accounts/{account_id}` on an upstream that routes case-insensitively.
+//! and everything below it. Rules are matched on the request's [`CanonicalTarget`], literals
+//! case-insensitively, and the matching rule's literals are forwarded in the rule's spelling: so
+//! `/V2/Accounts/B` cannot slip past the rule for `/v2/accounts/{account_id}` on an upstream that
+//! routes case-insensitively, and a case-sensitive upstream reads the route that was checked.
 
+use std::ops::Range;
+
+use http::Uri;
 use serde::{Deserialize, Serialize};
+
+pub use crate::target::{CanonicalTarget, PathError};
 
 /// Whether a route needs a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -54,21 +61,40 @@ pub struct Rule {
     pub requirement: TokenRequirement,
 }
 
-/// What the rules say about one request path.
+/// Where a request goes, decided on its canonical target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision<'a> {
-    pub requirement: TokenRequirement,
-    /// The claim to compare, and the path segment it must equal.
-    pub binding: Option<(Binding, &'a str)>,
+pub enum RouteKind {
+    /// The token endpoint (`signup.path`): token requests and logout.
+    TokenEndpoint,
+    /// Anything else, with what the first matching rule requires.
+    Rule(TokenRequirement),
 }
 
-/// Why a path cannot be checked safely.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
-    /// `.`/`..` segments, empty segments or encoded `/`, `.` or `\`: the upstream might
-    /// resolve it to another account than the one checked.
-    #[error("the path is not in normal form (dot segments, empty segments or encoded separators)")]
-    NotNormalized,
+/// What the rules say about one request: its canonical target, the route, and the path segment
+/// bound to a claim.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The target every decision is made on, and exactly what is forwarded.
+    pub target: CanonicalTarget,
+    pub kind: RouteKind,
+    /// The claim to compare, and where in the path the segment it must equal is.
+    binding: Option<(Binding, Range<usize>)>,
+}
+
+impl Route {
+    /// The claim to compare, and the path segment it must equal.
+    pub fn binding(&self) -> Option<(Binding, &str)> {
+        let (binding, range) = self.binding.as_ref()?;
+        Some((*binding, self.target.path().get(range.clone())?))
+    }
+
+    /// What the route requires of the token (the token endpoint's own checks aside).
+    pub fn requirement(&self) -> TokenRequirement {
+        match self.kind {
+            RouteKind::TokenEndpoint => TokenRequirement::Off,
+            RouteKind::Rule(requirement) => requirement,
+        }
+    }
 }
 
 /// Why a rule's pattern is invalid (configuration error).
@@ -98,7 +124,7 @@ impl Rule {
                 s if s.starts_with('{') => {
                     return Err(PatternError::UnknownPlaceholder(s.to_owned()))
                 }
-                s => Segment::Literal(s.to_ascii_lowercase()),
+                s => Segment::Literal(s.to_owned()),
             });
         }
         let placeholders = segments
@@ -114,42 +140,61 @@ impl Rule {
         })
     }
 
-    /// The binding of `segments` if this rule matches them (as a prefix).
-    fn matches<'a>(&self, segments: &[&'a str]) -> Option<Option<(Binding, &'a str)>> {
+    /// Whether this rule matches `segments` (as a prefix): the binding, and the fixed segments
+    /// the client spelled in another case.
+    fn matches(&self, segments: &[(&str, Range<usize>)]) -> Option<Match<'_>> {
         if segments.len() < self.segments.len() {
             return None;
         }
-        let mut binding = None;
-        for (pattern, actual) in self.segments.iter().zip(segments) {
+        let mut found = Match::default();
+        for (pattern, (actual, range)) in self.segments.iter().zip(segments) {
             match pattern {
                 Segment::Literal(literal) => {
-                    if !literal.eq_ignore_ascii_case(actual) {
-                        return None;
+                    if literal != actual {
+                        if !literal.eq_ignore_ascii_case(actual) {
+                            return None;
+                        }
+                        found.respell.push((range.clone(), literal));
                     }
                 }
-                Segment::Placeholder(kind) => binding = Some((*kind, *actual)),
+                Segment::Placeholder(kind) => found.binding = Some((*kind, range.clone())),
             }
         }
-        Some(binding)
+        Some(found)
     }
 }
 
-/// The rule set: configured rules first, then the defaults, then "optional" for the rest.
+/// A rule's match on one path.
+#[derive(Default)]
+struct Match<'r> {
+    binding: Option<(Binding, Range<usize>)>,
+    /// Fixed segments to forward in the rule's spelling.
+    respell: Vec<(Range<usize>, &'r str)>,
+}
+
+/// The rule set: the token endpoint, then the configured rules, then the defaults, then
+/// "optional" for the rest.
 #[derive(Debug, Clone)]
 pub struct Rules {
+    /// `signup.path`, matched exactly (case-insensitively, one trailing `/` allowed).
+    token_endpoint: Rule,
     rules: Vec<Rule>,
 }
 
 impl Rules {
-    /// The defaults for the Commerce API (DESIGN.md), after `configured`. The token endpoint
-    /// `token_path` comes before all: it is the sign-up route, never a `{member_id}`.
+    /// The defaults for the Commerce API, after `configured`, with the token endpoint at
+    /// `token_path` before all: it is the sign-up route, never a `{member_id}`.
     pub fn new(configured: Vec<Rule>, token_path: &str) -> Rules {
-        let mut rules: Vec<Rule> = Rule::new(token_path, TokenRequirement::Off)
-            .into_iter()
-            .collect();
-        rules.extend(configured);
+        let token_endpoint = Rule::new(token_path, TokenRequirement::Off).unwrap_or(Rule {
+            segments: Vec::new(),
+            requirement: TokenRequirement::Off,
+        });
+        let mut rules = configured;
         rules.extend(Self::defaults());
-        Rules { rules }
+        Rules {
+            token_endpoint,
+            rules,
+        }
     }
 
     fn defaults() -> Vec<Rule> {
@@ -165,57 +210,48 @@ impl Rules {
         .collect()
     }
 
-    /// What the rules require of `path` (without the query). The first matching rule wins;
-    /// with none, a token is optional.
-    pub fn decide<'a>(&self, path: &'a str) -> Result<Decision<'a>, PathError> {
-        let segments = segments(path)?;
-        for rule in &self.rules {
-            if let Some(binding) = rule.matches(&segments) {
-                return Ok(Decision {
-                    requirement: rule.requirement,
-                    binding,
-                });
-            }
+    /// The route of a request to `uri`: its canonical target, refused when it has none. The
+    /// first matching rule wins; with none, a token is optional. The fixed segments of the
+    /// matching rule are forwarded in the rule's spelling, so every upstream reads the route
+    /// that was checked whatever case the client used.
+    pub fn route(&self, uri: &Uri) -> Result<Route, PathError> {
+        let target = CanonicalTarget::parse(uri)?;
+        if target.path() == "*" {
+            return Ok(Route {
+                target,
+                kind: RouteKind::Rule(TokenRequirement::Optional),
+                binding: None,
+            });
         }
-        Ok(Decision {
-            requirement: TokenRequirement::Optional,
-            binding: None,
+        let segments: Vec<(&str, Range<usize>)> = target.segments().collect();
+        let token_endpoint = (segments.len() == self.token_endpoint.segments.len())
+            .then(|| self.token_endpoint.matches(&segments))
+            .flatten();
+        let (kind, found) = match token_endpoint {
+            Some(found) => (RouteKind::TokenEndpoint, found),
+            None => match self
+                .rules
+                .iter()
+                .find_map(|rule| Some((rule.requirement, rule.matches(&segments)?)))
+            {
+                Some((requirement, found)) => (RouteKind::Rule(requirement), found),
+                None => (
+                    RouteKind::Rule(TokenRequirement::Optional),
+                    Match::default(),
+                ),
+            },
+        };
+        let target = if found.respell.is_empty() {
+            target
+        } else {
+            target.respell(&found.respell)
+        };
+        Ok(Route {
+            target,
+            kind,
+            binding: found.binding,
         })
     }
-}
-
-/// The path's segments, refusing any form the upstream could normalise into another path.
-pub fn segments(path: &str) -> Result<Vec<&str>, PathError> {
-    let rest = path.strip_prefix('/').unwrap_or(path);
-    if rest.is_empty() {
-        return Ok(Vec::new());
-    }
-    if has_encoded_separator(rest.as_bytes()) {
-        return Err(PathError::NotNormalized);
-    }
-    // One trailing slash is ordinary (`/v2/carts/`).
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let mut segments = Vec::with_capacity(8);
-    for segment in rest.split('/') {
-        if segment.is_empty() || segment == "." || segment == ".." {
-            return Err(PathError::NotNormalized);
-        }
-        segments.push(segment);
-    }
-    Ok(segments)
-}
-
-/// Whether `path` holds a backslash or a percent-encoded `.`, `/` or `\` (any case): forms an
-/// upstream may decode into a dot segment or a separator after the gateway has checked the path.
-fn has_encoded_separator(path: &[u8]) -> bool {
-    path.iter().enumerate().any(|(i, &b)| {
-        b == b'\\'
-            || (b == b'%'
-                && matches!(
-                    path.get(i + 1..i + 3),
-                    Some([b'2', b'e' | b'E' | b'f' | b'F'] | [b'5', b'c' | b'C'])
-                ))
-    })
 }
 
 #[cfg(test)]
@@ -227,35 +263,75 @@ mod tests {
         Rules::new(vec![], "/v2/account-members/tokens")
     }
 
+    fn route(rules: &Rules, target: &str) -> Result<Route, PathError> {
+        rules.route(&target.parse().expect("a URI"))
+    }
+
+    fn decide(target: &str) -> (RouteKind, Option<(Binding, String)>) {
+        let route = route(&rules(), target).expect("a route");
+        let binding = route.binding().map(|(b, id)| (b, id.to_owned()));
+        (route.kind, binding)
+    }
+
     #[test]
     fn defaults_cover_the_commerce_api() {
-        let r = rules();
-        let d = r.decide("/v2/accounts/A").unwrap();
-        assert_eq!(d.requirement, Required);
-        assert_eq!(d.binding, Some((Binding::Account, "A")));
-        let d = r.decide("/v2/accounts/A/addresses/x").unwrap();
-        assert_eq!(d.binding, Some((Binding::Account, "A")));
-        let d = r.decide("/v2/account-members/M").unwrap();
-        assert_eq!(d.binding, Some((Binding::Member, "M")));
-        assert_eq!(r.decide("/v2/carts").unwrap().requirement, Optional);
+        let account = |id: &str| Some((Binding::Account, id.to_owned()));
+        let required = RouteKind::Rule(Required);
+        let optional = RouteKind::Rule(Optional);
+        assert_eq!(decide("/v2/accounts/A"), (required, account("A")));
         assert_eq!(
-            r.decide("/v2/carts/c1/items").unwrap().requirement,
-            Optional
+            decide("/v2/accounts/A/addresses/x"),
+            (required, account("A"))
         );
-        assert_eq!(r.decide("/v2/products").unwrap().requirement, Optional);
-        assert_eq!(r.decide("/v2/accounts").unwrap().binding, None);
-        assert_eq!(r.decide("/").unwrap().requirement, Optional);
-        // The token endpoint is never a member id.
         assert_eq!(
-            r.decide("/v2/account-members/tokens").unwrap().requirement,
-            Off
+            decide("/v2/account-members/M"),
+            (required, Some((Binding::Member, "M".to_owned())))
+        );
+        assert_eq!(decide("/v2/carts"), (optional, None));
+        assert_eq!(decide("/v2/carts/c1/items"), (optional, None));
+        assert_eq!(decide("/v2/products"), (optional, None));
+        assert_eq!(decide("/v2/accounts"), (optional, None));
+        assert_eq!(decide("/"), (optional, None));
+        assert_eq!(decide("*"), (optional, None));
+        // The token endpoint is never a member id, however it is spelled.
+        for spelling in [
+            "/v2/account-members/tokens",
+            "/v2/account-members/tokens/",
+            "/V2/Account-Members/Tokens",
+            "/v2/account%2Dmembers/%74okens?x=1",
+        ] {
+            assert_eq!(
+                decide(spelling),
+                (RouteKind::TokenEndpoint, None),
+                "{spelling}"
+            );
+        }
+        // Below it is not the token endpoint: the member rule binds the member `tokens`.
+        assert_eq!(
+            decide("/v2/account-members/tokens/x"),
+            (required, Some((Binding::Member, "tokens".to_owned())))
         );
     }
 
     #[test]
-    fn literals_match_case_insensitively_but_ids_are_kept() {
-        let d = rules().decide("/V2/ACCOUNTS/AbC").unwrap();
-        assert_eq!(d.binding, Some((Binding::Account, "AbC")));
+    fn fixed_segments_are_forwarded_in_the_rules_spelling_and_ids_as_sent() {
+        let route = route(&rules(), "/V2/ACCOUNTS/AbC/Addresses?Q=1").unwrap();
+        assert_eq!(route.binding(), Some((Binding::Account, "AbC")));
+        assert_eq!(
+            route.target.path_and_query().as_str(),
+            "/v2/accounts/AbC/Addresses?Q=1"
+        );
+        assert!(route.target.rewritten());
+        let route = route_of("/v2/%61ccounts/B");
+        assert_eq!(route.target.path(), "/v2/accounts/B");
+        assert_eq!(route.binding(), Some((Binding::Account, "B")));
+        let route = route_of("/V2/Account-Members/Tokens/");
+        assert_eq!(route.target.path(), "/v2/account-members/tokens/");
+        assert!(!route_of("/v2/accounts/B").target.rewritten());
+    }
+
+    fn route_of(target: &str) -> Route {
+        route(&rules(), target).expect("a route")
     }
 
     #[test]
@@ -266,29 +342,20 @@ mod tests {
             "/v2/accounts//B",
             "/v2/accounts/A%2F..%2FB",
             "/v2/accounts/%2e%2e",
-            "/v2/accounts/A\\..\\B",
             "/v2/accounts/%2E%2E/B",
             "/v2/accounts/A%2f",
             "/v2/accounts/A%5CB",
             "/v2/accounts/A%5c",
             "/v2/accounts/A//",
+            "/v2/accounts;x/B",
+            "/v2/accounts/A%2",
             "//",
             "/v2/accounts/..",
         ] {
-            assert_eq!(
-                rules().decide(path),
-                Err(PathError::NotNormalized),
-                "{path}"
-            );
+            assert!(route(&rules(), path).is_err(), "{path}");
         }
-        for path in [
-            "/v2/carts/",
-            "/",
-            "/v2/accounts/A%20B",
-            "/v2/accounts/A%2",
-            "/v2/a.b/..c",
-        ] {
-            assert!(rules().decide(path).is_ok(), "{path}");
+        for path in ["/v2/carts/", "/", "/v2/accounts/A%20B", "/v2/a.b/..c"] {
+            assert!(route(&rules(), path).is_ok(), "{path}");
         }
     }
 
@@ -298,10 +365,13 @@ mod tests {
             vec![Rule::new("/v2/accounts/{account_id}/public", Off).unwrap()],
             "/v2/account-members/tokens",
         );
-        assert_eq!(r.decide("/v2/accounts/A/public").unwrap().requirement, Off);
         assert_eq!(
-            r.decide("/v2/accounts/A/private").unwrap().requirement,
-            Required
+            route(&r, "/v2/accounts/A/public").unwrap().kind,
+            RouteKind::Rule(Off)
+        );
+        assert_eq!(
+            route(&r, "/v2/accounts/A/private").unwrap().kind,
+            RouteKind::Rule(Required)
         );
     }
 

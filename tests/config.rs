@@ -117,6 +117,30 @@ fn upstream_url_must_be_scheme_and_host_only() {
 }
 
 #[test]
+fn the_token_endpoint_and_stripped_headers_must_be_usable() {
+    for path in [
+        "v2/tokens",
+        "/v2/../tokens",
+        "/v2//tokens",
+        "/v2/%74okens",
+        "/v2/tokens;x",
+        "/v2/tokens?x",
+        "/v2/{member_id}",
+        "*",
+    ] {
+        let text = format!("[upstream]\nurl = \"http://h\"\n[signup]\npath = {path:?}\n");
+        assert_eq!(keys(&errors(&text, &[])), ["signup.path"], "{path}");
+    }
+    let text = "[upstream]\nurl = \"http://h\"\n[server]\nstrip_request_headers = [\"X-Ok\", \"bad name\"]\n";
+    assert_eq!(
+        keys(&errors(text, &[])),
+        ["server.strip_request_headers[1]"]
+    );
+    let text = "[upstream]\nurl = \"http://h\"\n[server]\nstrip_request_headers = []\n";
+    assert!(ok(text, &[]).config.server.strip_request_headers.is_empty());
+}
+
+#[test]
 fn unknown_sections_are_errors() {
     let errors = errors(&format!("{MINIMAL}\n[tls]\ncert = \"x\"\n"), &[]);
     assert_eq!(

@@ -184,6 +184,37 @@ async fn serves_http2_clients() {
 }
 
 #[tokio::test]
+async fn routing_override_headers_are_removed_as_configured() {
+    let upstream = TestUpstream::http().await;
+    let request = |gateway: &common::RunningGateway| {
+        Request::get(gateway.url("/v2/products"))
+            .header("x-original-url", "/v2/accounts/other")
+            .header("X-HTTP-Method-Override", "DELETE")
+            .header("x-route-by", "/admin")
+            .body(Full::default())
+            .expect("request")
+    };
+    // The defaults.
+    let gateway = TestGateway::new(&upstream.url).start().await;
+    assert_eq!(send(request(&gateway)).await.0.status(), StatusCode::OK);
+    let seen = upstream.seen().pop().expect("seen");
+    assert!(!seen.headers.contains_key("x-original-url"));
+    assert!(!seen.headers.contains_key("x-http-method-override"));
+    assert_eq!(seen.headers["x-route-by"], "/admin");
+    gateway.shutdown().await;
+    // A list of one's own replaces them.
+    let gateway = TestGateway::new(&upstream.url)
+        .configure(|c| c.server.strip_request_headers = vec!["X-Route-By".to_owned()])
+        .start()
+        .await;
+    assert_eq!(send(request(&gateway)).await.0.status(), StatusCode::OK);
+    let seen = upstream.seen().pop().expect("seen");
+    assert!(!seen.headers.contains_key("x-route-by"));
+    assert_eq!(seen.headers["x-original-url"], "/v2/accounts/other");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn strips_hop_by_hop_headers_both_ways() {
     let upstream = TestUpstream::http().await;
     let gateway = TestGateway::new(&upstream.url).start().await;

@@ -54,6 +54,7 @@ pub(super) struct ServerFile {
     pub trusted_hops: usize,
     #[serde(with = "duration")]
     pub config_poll_interval: Duration,
+    pub strip_request_headers: Vec<String>,
 }
 
 impl Default for ServerFile {
@@ -70,6 +71,7 @@ impl Default for ServerFile {
             worker_threads: 0,
             trusted_hops: 0,
             config_poll_interval: Duration::from_secs(5),
+            strip_request_headers: super::default_strip_request_headers(),
         }
     }
 }
@@ -160,6 +162,7 @@ impl FileConfig {
                 worker_threads: s.worker_threads,
                 trusted_hops: s.trusted_hops,
                 config_poll_interval: s.config_poll_interval,
+                strip_request_headers: s.strip_request_headers,
             },
             upstream: UpstreamConfig {
                 url,
@@ -202,6 +205,7 @@ impl From<&Config> for FileConfig {
                 worker_threads: s.worker_threads,
                 trusted_hops: s.trusted_hops,
                 config_poll_interval: s.config_poll_interval,
+                strip_request_headers: s.strip_request_headers.clone(),
             },
             upstream: UpstreamFile {
                 url: Some(u.url.to_string()),

@@ -114,6 +114,24 @@ pub struct ServerConfig {
     /// How often the configuration file is checked for changes (a new ConfigMap); a change is
     /// reloaded like a SIGHUP. Zero turns the check off. Default `5s`.
     pub config_poll_interval: Duration,
+    /// Headers removed from every request before any decision and before forwarding: the ones
+    /// some frameworks route by instead of the request line (`X-Original-URL`, method
+    /// overrides), which would let a request checked as one route be served as another. Default
+    /// [`default_strip_request_headers`]; `[]` turns it off.
+    pub strip_request_headers: Vec<String>,
+}
+
+/// The default `server.strip_request_headers`.
+pub fn default_strip_request_headers() -> Vec<String> {
+    [
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// The Commerce API (or the emulator) that requests are forwarded to.

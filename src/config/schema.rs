@@ -276,7 +276,7 @@ mod tests {
             field_names::<AdminFile>(),
             ["token_env", "token_file"].as_slice()
         );
-        assert_eq!(field_names::<ServerFile>().len(), 11);
+        assert_eq!(field_names::<ServerFile>().len(), 12);
     }
 
     #[test]

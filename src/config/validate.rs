@@ -36,6 +36,14 @@ pub(super) fn validate(
             report.invalid(key, format!("must be at least {min}, got {value}"));
         }
     }
+    for (i, name) in s.strip_request_headers.iter().enumerate() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            report.invalid(
+                &format!("server.strip_request_headers[{i}]"),
+                format!("{name:?} is not a valid header name"),
+            );
+        }
+    }
     if s.worker_threads > 1024 {
         report.invalid(
             "server.worker_threads",
@@ -121,10 +129,22 @@ pub(super) fn validate(
 /// `[signup]`, `[rate_limit]`, `[store]` and `[tokens]`.
 fn validate_token_path(file: &FileConfig, report: &mut Report) {
     let signup = &file.signup;
-    if !signup.path.starts_with('/') || signup.path.contains(['?', '#', ' ']) {
+    // The token endpoint is matched on canonical targets, so it must be one itself.
+    let canonical = signup
+        .path
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|uri| uri.query().is_none() && uri.path() == signup.path)
+        .and_then(|uri| crate::target::CanonicalTarget::parse(&uri).ok())
+        .filter(|target| !target.rewritten() && target.path() != "*");
+    if canonical.is_none() || signup.path.contains(['{', '}']) {
         report.invalid(
             "signup.path",
-            format!("must be a path starting with '/', got {:?}", signup.path),
+            format!(
+                "must be a path starting with '/', without dot or empty segments, `;` or \
+                 percent-encoding, got {:?}",
+                signup.path
+            ),
         );
     }
     if signup.mechanisms.is_empty() {

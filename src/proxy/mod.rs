@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 
 use crate::answer::GatewayError;
 use crate::metrics::Metrics;
+use crate::scope::{Route, RouteKind};
 use crate::signup::{Mechanism, Outcome, Signup, SignupError, TeeBody};
 use crate::validator::{Validator, Verdict};
 
@@ -48,6 +49,19 @@ pub fn full_body(bytes: impl Into<Bytes>) -> Body {
 /// Wraps a body that streams from a socket into [`Body`].
 fn streamed(body: Incoming) -> Body {
     body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+}
+
+/// `Allow` of the token endpoint: token requests, logout and CORS preflights.
+const ALLOW_TOKEN_ENDPOINT: &str = "POST, DELETE, OPTIONS";
+/// `Allow` of every other route (a `CONNECT` is refused: the gateway is no tunnel).
+const ALLOW_ANY: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// Whether a request is a CORS preflight: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`. Any other `OPTIONS` is judged like every request.
+fn is_preflight(method: &Method, headers: &http::HeaderMap) -> bool {
+    method == Method::OPTIONS
+        && headers.contains_key(header::ORIGIN)
+        && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// Which kind of request this is; the `route` metric label.
@@ -109,38 +123,42 @@ pub struct Gateway {
     upstream: Upstream,
     signup: Signup,
     validator: Arc<Validator>,
-    /// `signup.path`: `POST` here is a token request.
-    signup_path: String,
+    /// Headers removed from every request as it arrives: the identity headers (only the
+    /// gateway may set them) and `server.strip_request_headers`.
+    removed: Vec<http::HeaderName>,
     /// `server.trusted_hops`, for the client IP of rate limits.
     trusted_hops: usize,
     metrics: Arc<Metrics>,
 }
 
 impl Gateway {
-    /// A gateway forwarding to `upstream`, checking token requests on `signup_path` with
-    /// `signup`, and counting into `metrics`.
+    /// A gateway forwarding to `upstream`, checking token requests with `signup` and account
+    /// tokens with `validator`, removing `strip_request_headers` from every request, and
+    /// counting into `metrics`.
     pub fn new(
         upstream: Upstream,
         signup: Signup,
         validator: Arc<Validator>,
-        signup_path: String,
+        strip_request_headers: &[String],
         trusted_hops: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let mut removed: Vec<http::HeaderName> =
+            validator.identity_headers().names().cloned().collect();
+        removed.extend(
+            strip_request_headers
+                .iter()
+                .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok()),
+        );
+        removed.dedup();
         Gateway {
             upstream,
             signup,
             validator,
-            signup_path,
+            removed,
             trusted_hops,
             metrics,
         }
-    }
-
-    /// Whether a request is for the token endpoint.
-    fn is_token_endpoint<B>(&self, request: &Request<B>) -> bool {
-        request.uri().path() == self.signup_path
-            && (request.method() == Method::POST || request.method() == Method::DELETE)
     }
 
     /// Answers one request from `peer`. Never fails: every problem becomes an HTTP answer.
@@ -154,23 +172,17 @@ impl Gateway {
         // forwarded, and a `Connection` header cannot name the headers the gateway adds (its
         // identity and forwarding headers) and so have them removed on the way out.
         headers::strip_hop_by_hop(request.headers_mut());
+        // So are the identity headers, whatever the route, method or verdict (only a validation
+        // sets them), and the headers some frameworks route by instead of the request line.
+        headers::strip_named(request.headers_mut(), &self.removed);
         let request_id = headers::request_id(request.headers());
         let method = request.method().clone();
         let client = headers::client_ip(peer.ip(), request.headers(), self.trusted_hops);
         let mut exchange = Exchange::default();
 
-        let answer = if self.is_token_endpoint(&request) {
-            exchange.route = RouteClass::Signup;
-            if method == Method::DELETE {
-                self.logout(request, &mut exchange).await
-            } else {
-                self.token_request(request, peer, client, &request_id, &mut exchange)
-                    .await
-            }
-        } else {
-            self.account_request(request, peer, &request_id, &mut exchange)
-                .await
-        };
+        let answer = self
+            .dispatch(request, peer, client, &request_id, &mut exchange)
+            .await;
         let mut response = match answer {
             Ok(response) => response,
             Err(error) => {
@@ -209,39 +221,114 @@ impl Gateway {
         Ok(response)
     }
 
-    /// Validates the account token of a request (as the route rules require) and forwards it,
-    /// or refuses it.
-    async fn account_request(
+    /// Routes a request on its canonical target, which replaces what the client sent: every
+    /// decision is made on that form, and exactly that form is forwarded.
+    async fn dispatch(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+        client: IpAddr,
+        request_id: &HeaderValue,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Body>, GatewayError> {
+        let method = request.method().clone();
+        if method == Method::CONNECT {
+            return Err(GatewayError::MethodNotAllowed {
+                method,
+                allow: ALLOW_ANY,
+            });
+        }
+        let route = self.validator.route(request.uri())?;
+        if route.target.rewritten() {
+            // An absolute-form target (and every HTTP/2 request) names the host the client
+            // asked for; it is kept as `Host`, which it overrides (RFC 9112 §3.2.2), for
+            // `X-Forwarded-Host`.
+            if let Some(authority) = request.uri().authority() {
+                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                    request.headers_mut().insert(header::HOST, host);
+                }
+            }
+            if let Some(uri) = route.target.clone().into_uri() {
+                *request.uri_mut() = uri;
+            }
+        }
+        let preflight = is_preflight(&method, request.headers());
+        match route.kind {
+            RouteKind::TokenEndpoint => {
+                exchange.route = RouteClass::Signup;
+                match method {
+                    Method::POST => {
+                        self.token_request(request, peer, client, request_id, exchange)
+                            .await
+                    }
+                    Method::DELETE => self.logout(request, exchange).await,
+                    _ if preflight => self.preflight(request, peer, request_id, exchange).await,
+                    method => Err(GatewayError::MethodNotAllowed {
+                        method,
+                        allow: ALLOW_TOKEN_ENDPOINT,
+                    }),
+                }
+            }
+            RouteKind::Rule(_) if preflight => {
+                self.preflight(request, peer, request_id, exchange).await
+            }
+            RouteKind::Rule(_) => {
+                self.account_request(request, &route, peer, request_id, exchange)
+                    .await
+            }
+        }
+    }
+
+    /// A CORS preflight: browsers never attach credentials to one, and it asks only which
+    /// methods and headers are allowed, so it is forwarded unchecked, but without the token
+    /// header (a preflight that carries one is not a browser's) and without a body.
+    async fn preflight(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
         request_id: &HeaderValue,
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, GatewayError> {
-        let verdict = self
-            .validator
-            .check(request.method(), request.uri().path(), request.headers())
-            .await;
+        exchange.reason = "preflight";
+        let (mut parts, _body) = request.into_parts();
+        parts.headers.remove(self.validator.token_header());
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let response = self
+            .forward(parts, full_body(Bytes::new()), peer, request_id, exchange)
+            .await?;
+        Ok(response.map(streamed))
+    }
+
+    /// Validates the account token of a request (as the route rules require) and forwards it,
+    /// or refuses it.
+    async fn account_request(
+        &self,
+        request: Request<Incoming>,
+        route: &Route,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Body>, GatewayError> {
+        let verdict = self.validator.check(route, request.headers()).await;
         let (mut parts, body) = request.into_parts();
-        let identity_headers = self.validator.identity_headers();
         let deferred = match verdict {
             Verdict::Untouched => {
                 exchange.reason = "unchecked";
                 None
             }
             Verdict::Forward(None) => {
-                identity_headers.apply(&mut parts.headers, None);
                 exchange.reason = "no_token";
                 None
             }
             Verdict::Forward(Some(identity)) => {
-                identity_headers.apply(&mut parts.headers, Some(&identity));
+                self.validator
+                    .identity_headers()
+                    .set(&mut parts.headers, &identity);
                 exchange.route = RouteClass::Scoped;
                 exchange.reason = "token_valid";
                 None
             }
             Verdict::Defer(unknown) => {
-                identity_headers.apply(&mut parts.headers, None);
                 exchange.route = RouteClass::Scoped;
                 exchange.reason = "token_unknown_deferred";
                 Some(unknown)
@@ -375,7 +462,10 @@ impl Gateway {
 
     fn count_error(&self, error: &GatewayError) {
         match error {
-            GatewayError::Signup(_) | GatewayError::Token(_) => {}
+            GatewayError::Signup(_)
+            | GatewayError::Token(_)
+            | GatewayError::Path(_)
+            | GatewayError::MethodNotAllowed { .. } => {}
             GatewayError::Upstream(e) => {
                 let kind = match e {
                     UpstreamError::Connect(_) => "connect",

@@ -96,8 +96,9 @@ impl RateLimiter {
         self.observe(ip_limit, &ip)?;
         if let Some(username) = username.filter(|_| self.allowed(user_limit) > 0) {
             // Usernames are e-mail addresses: hashed so they never sit in memory in clear,
-            // case-folded so `Joe@x.com` and `joe@x.com` share a budget.
-            let key: [u8; 32] = Sha256::digest(username.to_lowercase().as_bytes()).into();
+            // trimmed and case-folded so `Joe@x.com`, `joe@x.com` and ` joe@x.com ` (which an
+            // upstream may well treat as one user) share a budget.
+            let key: [u8; 32] = Sha256::digest(username.trim().to_lowercase().as_bytes()).into();
             self.observe(user_limit, &key)?;
         }
         Ok(())
@@ -162,10 +163,10 @@ mod tests {
             let ip = IpAddr::from([192, 0, 2, i]);
             assert!(limiter.check(false, ip, Some("Joe@example.com")).is_ok());
         }
-        let ip = IpAddr::from([192, 0, 2, 99]);
-        let (limit, _) = limiter
-            .check(false, ip, Some("joe@example.com"))
-            .unwrap_err();
-        assert_eq!(limit, Limit::LoginUsername);
+        for spelling in ["joe@example.com", " JOE@example.com\t", "joe@EXAMPLE.com "] {
+            let ip = IpAddr::from([192, 0, 2, 99]);
+            let (limit, _) = limiter.check(false, ip, Some(spelling)).unwrap_err();
+            assert_eq!(limit, Limit::LoginUsername, "{spelling:?}");
+        }
     }
 }

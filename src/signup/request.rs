@@ -250,25 +250,58 @@ impl Field<'_> {
     }
 }
 
-/// Refuses an object whose keys repeat: pairwise for the handful of keys real bodies have,
-/// sorted beyond that, so that a body of thousands of keys does not cost a quadratic scan.
-/// (Order does not matter once the keys are known to be unique.)
+/// Refuses an object whose keys repeat, or differ only in case (`username` and `USERNAME`):
+/// some upstream parsers match keys case-insensitively, and then the last one wins. Pairwise
+/// for the handful of keys real bodies have, sorted beyond that, so that a body of thousands of
+/// keys does not cost a quadratic scan. (Order does not matter once the keys are known to be
+/// unique.)
 fn unique_keys<E: de::Error, T>(items: &mut [T], key: impl Fn(&T) -> &str) -> Result<(), E> {
     let repeated = if items.len() <= 16 {
-        (1..items.len()).find(|&i| {
+        (1..items.len()).find_map(|i| {
             let k = key(&items[i]);
-            items[..i].iter().any(|other| key(other) == k)
+            items[..i]
+                .iter()
+                .find(|other| same_key(key(other), k))
+                .map(|other| (key(other), k))
         })
     } else {
-        items.sort_unstable_by(|a, b| key(a).cmp(key(b)));
-        (1..items.len()).find(|&i| key(&items[i - 1]) == key(&items[i]))
+        items.sort_by_cached_key(|item| folded(key(item)).into_owned());
+        (1..items.len())
+            .find(|&i| same_key(key(&items[i - 1]), key(&items[i])))
+            .map(|i| (key(&items[i - 1]), key(&items[i])))
     };
     match repeated {
-        Some(i) => Err(E::custom(format_args!(
-            "duplicate key `{}`",
-            key(&items[i])
+        Some((first, second)) if first == second => {
+            Err(E::custom(format_args!("duplicate key `{first}`")))
+        }
+        Some((first, second)) => Err(E::custom(format_args!(
+            "keys `{first}` and `{second}` differ only in case"
         ))),
         None => Ok(()),
+    }
+}
+
+/// Whether two keys are the same to a parser that ignores case.
+fn same_key(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        folded(a) == folded(b)
+    }
+}
+
+/// A key folded the ways case-insensitive parsers fold: upper-cased then lower-cased, so that
+/// `ſ` (which upper-cases to `S`) and the Kelvin sign (which lower-cases to `k`) meet their
+/// ASCII letters.
+fn folded(key: &str) -> Cow<'_, str> {
+    if key.is_ascii() {
+        if key.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(key.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(key)
+        }
+    } else {
+        Cow::Owned(key.to_uppercase().to_lowercase())
     }
 }
 
@@ -494,6 +527,25 @@ mod tests {
         assert_eq!(pointer_of(r#"{"data":{},"data":{}}"#), "");
         assert_eq!(pointer_of(r#"[{"a":1,"a":2}]"#), "");
         assert_eq!(pointer_of(r#"{"data":{"type":1,"typ\u0065":2}}"#), "");
+        // Keys that differ only in case, at every level, also through escapes and folding.
+        assert_eq!(
+            pointer_of(r#"{"data":{"username":"a","USERNAME":"b"}}"#),
+            ""
+        );
+        assert_eq!(pointer_of(r#"{"data":{"x":{"Ab":1,"aB":2}}}"#), "");
+        assert_eq!(pointer_of(r#"{"Data":{},"data":{}}"#), "");
+        assert_eq!(
+            pointer_of(r#"{"data":{"username":"a","u\u017Fername":"b"}}"#),
+            ""
+        );
+        assert_eq!(pointer_of(r#"{"data":{"kind":"a","\u212Aind":"b"}}"#), "");
+        let cased: Vec<String> = (0..40)
+            .map(|i| format!(r#""{}{}":{i}"#, if i == 39 { "K" } else { "k" }, i % 39))
+            .collect();
+        assert_eq!(
+            pointer_of(&format!(r#"{{"data":{{{}}}}}"#, cased.join(","))),
+            ""
+        );
         let many: Vec<String> = (0..40).map(|i| format!(r#""k{}":{i}"#, i % 39)).collect();
         assert_eq!(
             pointer_of(&format!(r#"{{"data":{{{}}}}}"#, many.join(","))),

@@ -33,21 +33,16 @@ impl IdentityHeaders {
         }
     }
 
-    /// Removes every client copy and sets the validated identity, if any.
-    pub fn apply(&self, headers: &mut HeaderMap, identity: Option<&Identity>) {
-        let names = || {
-            self.always_removed
-                .iter()
-                .chain(self.account_id.iter())
-                .chain(self.member_id.iter())
-        };
-        // Clients seldom send any: look before paying a hashed removal per name.
-        if headers.keys().any(|key| names().any(|name| name == key)) {
-            for name in names() {
-                headers.remove(name);
-            }
-        }
-        let Some(identity) = identity else { return };
+    /// Every name a client's copy is removed under: the defaults and the configured names.
+    pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.always_removed
+            .iter()
+            .chain(self.account_id.iter())
+            .chain(self.member_id.iter())
+    }
+
+    /// Sets the validated identity. Client copies were removed when the request came in.
+    pub fn set(&self, headers: &mut HeaderMap, identity: &Identity) {
         for (name, value) in [
             (&self.account_id, &identity.account_id),
             (&self.member_id, &identity.member_id),

@@ -11,11 +11,11 @@ mod negative;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{header, HeaderMap, HeaderName, Method, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 
 use crate::config::{TokenMode, UnknownTokens};
 use crate::metrics::Metrics;
-use crate::scope::{Binding, Rules, TokenRequirement};
+use crate::scope::{Binding, PathError, Route, Rules, TokenRequirement};
 use crate::store::{Fingerprint, Store, TokenRecord, TokenStore};
 use crate::token::unverified;
 use crate::token::{TokenError, Verifier};
@@ -73,9 +73,6 @@ pub enum Rejection {
     /// 503: the store could not be asked and nothing else can decide.
     #[error("the token store is unavailable")]
     StoreUnavailable,
-    /// 400: a path the upstream could resolve to another account.
-    #[error("the path is not in normal form (dot segments, empty segments or encoded separators)")]
-    PathNotNormalized,
 }
 
 /// The human `detail` of a 401, by its code.
@@ -103,12 +100,11 @@ impl Rejection {
             Rejection::ScopeMismatch => "scope_mismatch",
             Rejection::MemberMismatch => "member_mismatch",
             Rejection::StoreUnavailable => "store_unavailable",
-            Rejection::PathNotNormalized => "path_not_normalized",
         }
     }
 
     /// Every reason a rejection can give, for pre-initialising metric labels.
-    pub const REASONS: [&'static str; 14] = [
+    pub const REASONS: [&'static str; 13] = [
         "token_missing",
         "token_malformed",
         "bad_signature",
@@ -122,7 +118,6 @@ impl Rejection {
         "scope_mismatch",
         "member_mismatch",
         "store_unavailable",
-        "path_not_normalized",
     ];
 }
 
@@ -165,36 +160,38 @@ impl Validator {
         }
     }
 
+    /// The header that carries the account token.
+    pub fn token_header(&self) -> &HeaderName {
+        &self.settings.header
+    }
+
     /// The identity headers to set and strip.
     pub fn identity_headers(&self) -> &IdentityHeaders {
         &self.settings.identity
     }
 
-    /// Decides on a `method` request to `path` carrying `headers`.
-    pub async fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Verdict {
-        // Browsers never attach credentials to a CORS preflight; the real request is checked.
-        if method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-        {
-            return Verdict::Untouched;
-        }
-        let decision = match self.settings.rules.decide(path) {
-            Ok(decision) => decision,
-            Err(_) => return self.rejected(Rejection::PathNotNormalized),
-        };
-        if decision.requirement == TokenRequirement::Off {
+    /// The route of a request to `uri`: its canonical target and what the rules require.
+    pub fn route(&self, uri: &http::Uri) -> Result<Route, PathError> {
+        self.settings.rules.route(uri)
+    }
+
+    /// Decides on a request on `route` carrying `headers` (CORS preflights are the proxy's).
+    pub async fn check(&self, route: &Route, headers: &HeaderMap) -> Verdict {
+        let requirement = route.requirement();
+        if requirement == TokenRequirement::Off {
             return Verdict::Untouched;
         }
         let token = match self.token(headers) {
             Ok(Some(token)) => token,
-            Ok(None) if decision.requirement == TokenRequirement::Optional => {
+            Ok(None) if requirement == TokenRequirement::Optional => {
                 self.count("accepted", "no_token");
                 return Verdict::Forward(None);
             }
             Ok(None) => return self.rejected(Rejection::Unauthorized("token_missing")),
             Err(rejection) => return self.rejected(rejection),
         };
-        let learns = decision.requirement == TokenRequirement::Required;
-        self.validate(token, decision.binding, learns).await
+        let learns = requirement == TokenRequirement::Required;
+        self.validate(token, route.binding(), learns).await
     }
 
     /// Validates the token of a request that must carry one but names no account in its path

@@ -3,6 +3,7 @@
 
 pub mod commerce;
 pub mod keys;
+pub mod lenient;
 pub mod process;
 pub mod raw;
 pub mod redis;
