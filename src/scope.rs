@@ -140,16 +140,18 @@ impl Rule {
         })
     }
 
-    /// Whether this rule matches `segments` (as a prefix): the binding, and the fixed segments
-    /// the client spelled in another case.
-    fn matches(&self, segments: &[(&str, Range<usize>)]) -> Option<Match<'_>> {
+    /// Whether this rule matches the segments of `target` (as a prefix): the binding, and the
+    /// fixed segments the client spelled in another case.
+    fn matches(&self, target: &CanonicalTarget) -> Option<Match<'_>> {
+        let segments = target.segments();
         if segments.len() < self.segments.len() {
             return None;
         }
         let mut found = Match::default();
-        for (pattern, (actual, range)) in self.segments.iter().zip(segments) {
+        for (pattern, range) in self.segments.iter().zip(segments) {
             match pattern {
                 Segment::Literal(literal) => {
+                    let actual = target.segment(range);
                     if literal != actual {
                         if !literal.eq_ignore_ascii_case(actual) {
                             return None;
@@ -223,16 +225,15 @@ impl Rules {
                 binding: None,
             });
         }
-        let segments: Vec<(&str, Range<usize>)> = target.segments().collect();
-        let token_endpoint = (segments.len() == self.token_endpoint.segments.len())
-            .then(|| self.token_endpoint.matches(&segments))
+        let token_endpoint = (target.segments().len() == self.token_endpoint.segments.len())
+            .then(|| self.token_endpoint.matches(&target))
             .flatten();
         let (kind, found) = match token_endpoint {
             Some(found) => (RouteKind::TokenEndpoint, found),
             None => match self
                 .rules
                 .iter()
-                .find_map(|rule| Some((rule.requirement, rule.matches(&segments)?)))
+                .find_map(|rule| Some((rule.requirement, rule.matches(&target)?)))
             {
                 Some((requirement, found)) => (RouteKind::Rule(requirement), found),
                 None => (

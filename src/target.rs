@@ -75,6 +75,8 @@ pub struct CanonicalTarget {
     /// Whether this differs from what the client sent (or the client sent an absolute form):
     /// then the request's URI must be replaced before forwarding.
     rewritten: bool,
+    /// Where the path's segments are, found by the same pass that checked them.
+    segments: Vec<Range<usize>>,
 }
 
 impl CanonicalTarget {
@@ -82,35 +84,41 @@ impl CanonicalTarget {
     pub fn parse(uri: &Uri) -> Result<CanonicalTarget, PathError> {
         let absolute = uri.scheme().is_some() || uri.authority().is_some();
         let path = uri.path();
-        let query = uri.query();
         if path == "*" {
             return Ok(CanonicalTarget {
                 path_and_query: PathAndQuery::from_static("*"),
                 rewritten: absolute,
+                segments: Vec::new(),
             });
         }
         if !path.starts_with('/') {
             return Err(PathError::NotAbsolute);
         }
-        let decoded = normalise_escapes(path)?;
-        check_segments(decoded.as_deref().unwrap_or(path))?;
-        match (decoded, absolute) {
-            // Nearly every request: the bytes the client sent (a reference count, no copy).
-            (None, false) => Ok(CanonicalTarget {
+        // Nearly every request: one pass over the bytes the client sent, no copy.
+        let (segments, escaped) = scan(path)?;
+        if !escaped && !absolute {
+            return Ok(CanonicalTarget {
                 path_and_query: uri
                     .path_and_query()
                     .cloned()
                     .unwrap_or_else(|| PathAndQuery::from_static("/")),
                 rewritten: false,
-            }),
-            (decoded, _) => {
-                let path = decoded.unwrap_or_else(|| path.to_owned());
-                Ok(CanonicalTarget {
-                    path_and_query: with_query(path, query)?,
-                    rewritten: true,
-                })
-            }
+                segments,
+            });
         }
+        let (path, segments) = match normalise_escapes(path)? {
+            // Decoding may have made a dot segment (`%2e%2e`): the decoded path is checked anew.
+            Some(decoded) => {
+                let (segments, _) = scan(&decoded)?;
+                (decoded, segments)
+            }
+            None => (path.to_owned(), segments),
+        };
+        Ok(CanonicalTarget {
+            path_and_query: with_query(path, uri.query())?,
+            rewritten: true,
+            segments,
+        })
     }
 
     /// The canonical path.
@@ -128,20 +136,15 @@ impl CanonicalTarget {
         self.rewritten
     }
 
-    /// The path's segments, each with its byte range in [`CanonicalTarget::path`]; a trailing
-    /// `/` adds no segment. Empty for `/` and `*`.
-    pub fn segments(&self) -> impl Iterator<Item = (&str, Range<usize>)> {
-        let path = self.path();
-        let rest = path.strip_prefix('/').unwrap_or("");
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let mut start = 1;
-        rest.split('/')
-            .filter(move |_| !rest.is_empty())
-            .map(move |segment| {
-                let range = start..start + segment.len();
-                start = range.end + 1;
-                (segment, range)
-            })
+    /// The byte ranges of the path's segments in [`CanonicalTarget::path`]; a trailing `/` adds
+    /// no segment. Empty for `/` and `*`.
+    pub fn segments(&self) -> &[Range<usize>] {
+        &self.segments
+    }
+
+    /// The segment at `range` (one of [`CanonicalTarget::segments`]).
+    pub fn segment(&self, range: &Range<usize>) -> &str {
+        self.path().get(range.clone()).unwrap_or("")
     }
 
     /// The same target with the segments at `ranges` spelled as given (same length, differing
@@ -160,6 +163,7 @@ impl CanonicalTarget {
             Ok(path_and_query) => CanonicalTarget {
                 path_and_query,
                 rewritten: true,
+                segments: self.segments.clone(),
             },
             // Only ASCII letters changed case: still a valid target.
             Err(_) => self.clone(),
@@ -191,16 +195,7 @@ fn with_query(path: String, query: Option<&str>) -> Result<PathAndQuery, PathErr
 /// is already in that form (the common case costs one scan and no allocation).
 fn normalise_escapes(path: &str) -> Result<Option<String>, PathError> {
     let bytes = path.as_bytes();
-    let mut first = None;
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b'\\' => return Err(PathError::Backslash),
-            b';' => return Err(PathError::Parameters),
-            b'%' if first.is_none() => first = Some(i),
-            _ => {}
-        }
-    }
-    let Some(first) = first else {
+    let Some(first) = bytes.iter().position(|&b| b == b'%') else {
         return Ok(None);
     };
     let mut out = Vec::with_capacity(bytes.len());
@@ -261,21 +256,34 @@ fn hex_upper(value: u8) -> [u8; 2] {
     ]
 }
 
-/// Refuses dot segments and empty segments; one trailing `/` is ordinary.
-fn check_segments(path: &str) -> Result<(), PathError> {
-    let rest = path.strip_prefix('/').unwrap_or(path);
-    if rest.is_empty() {
-        return Ok(());
-    }
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    for segment in rest.split('/') {
-        match segment {
-            "" => return Err(PathError::EmptySegment),
-            "." | ".." => return Err(PathError::DotSegment),
+/// One pass over a path starting with `/`: the byte ranges of its segments, and whether it holds
+/// a `%`. Refuses `\`, `;`, dot segments and empty segments (one trailing `/` is ordinary).
+fn scan(path: &str) -> Result<(Vec<Range<usize>>, bool), PathError> {
+    let bytes = path.as_bytes();
+    let end = bytes.len();
+    let mut segments = Vec::with_capacity(8);
+    let mut escaped = false;
+    let mut start = 1;
+    for i in 1..=end {
+        // The end of the path closes the last segment as a `/` would.
+        match bytes.get(i).copied().unwrap_or(b'/') {
+            b'/' => {
+                match &bytes[start..i] {
+                    // `/` alone, or one trailing `/`.
+                    [] if i == end => {}
+                    [] => return Err(PathError::EmptySegment),
+                    b"." | b".." => return Err(PathError::DotSegment),
+                    _ => segments.push(start..i),
+                }
+                start = i + 1;
+            }
+            b'%' => escaped = true,
+            b';' => return Err(PathError::Parameters),
+            b'\\' => return Err(PathError::Backslash),
             _ => {}
         }
     }
-    Ok(())
+    Ok((segments, escaped))
 }
 
 #[cfg(test)]
@@ -354,16 +362,13 @@ mod tests {
     fn segments_carry_their_ranges() {
         let uri: Uri = "/v2/%61ccounts/B/".parse().unwrap();
         let t = CanonicalTarget::parse(&uri).unwrap();
-        let segments: Vec<_> = t.segments().collect();
-        assert_eq!(
-            segments,
-            vec![("v2", 1..3), ("accounts", 4..12), ("B", 13..14)]
-        );
-        for (segment, range) in segments {
-            assert_eq!(&t.path()[range], segment);
+        let segments: Vec<&str> = t.segments().iter().map(|r| t.segment(r)).collect();
+        assert_eq!(segments, ["v2", "accounts", "B"]);
+        assert_eq!(t.segments(), [1..3, 4..12, 13..14]);
+        for target in ["/", "*", "http://h"] {
+            let uri: Uri = target.parse().unwrap();
+            assert!(CanonicalTarget::parse(&uri).unwrap().segments().is_empty());
         }
-        let root: Uri = "/".parse().unwrap();
-        assert_eq!(CanonicalTarget::parse(&root).unwrap().segments().count(), 0);
     }
 
     #[test]

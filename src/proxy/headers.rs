@@ -69,14 +69,43 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes every header named in `names`. Clients seldom send any: one pass over the request's
-/// names looks before a hashed removal is paid per name.
-pub fn strip_named(headers: &mut HeaderMap, names: &[HeaderName]) {
-    if headers.keys().any(|key| names.contains(key)) {
+/// Header names removed from every request, with a filter that makes the usual case (none
+/// present) cost one bit test per header instead of a comparison with every name.
+#[derive(Debug, Clone, Default)]
+pub struct Removed {
+    names: Vec<HeaderName>,
+    /// Bit `n` set when a name is `n` bytes long (names of 64 bytes or more set bit 63).
+    lengths: u64,
+}
+
+impl Removed {
+    /// Removes `names` (each once).
+    pub fn new(names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let mut removed = Removed::default();
         for name in names {
-            headers.remove(name);
+            if !removed.names.contains(&name) {
+                removed.lengths |= length_bit(name.as_str().len());
+                removed.names.push(name);
+            }
+        }
+        removed
+    }
+
+    /// Removes every header of the set from `headers`.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        let present = headers.keys().any(|key| {
+            self.lengths & length_bit(key.as_str().len()) != 0 && self.names.contains(key)
+        });
+        if present {
+            for name in &self.names {
+                headers.remove(name);
+            }
         }
     }
+}
+
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// The request id to use: the client's when it is short, visible ASCII, else a new UUID.
@@ -172,6 +201,27 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removed_headers_go_whatever_their_case_and_the_rest_stay() {
+        let removed = Removed::new(
+            ["x-account-id", "X-Original-URL", "x-account-id"]
+                .map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap()),
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("x-original-url", HeaderValue::from_static("/other"));
+        headers.append("X-Account-Id", HeaderValue::from_static("a"));
+        headers.append("x-account-id", HeaderValue::from_static("b"));
+        headers.insert("x-original-uri", HeaderValue::from_static("/kept"));
+        headers.insert(header::HOST, HeaderValue::from_static("h"));
+        removed.strip(&mut headers);
+        assert!(!headers.contains_key("x-original-url"));
+        assert!(!headers.contains_key("x-account-id"));
+        assert_eq!(headers.len(), 2);
+        // Nothing to remove: nothing changes.
+        removed.strip(&mut headers);
+        assert_eq!(headers.len(), 2);
+    }
 
     #[test]
     fn strips_listed_and_connection_named_headers() {

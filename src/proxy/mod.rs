@@ -125,7 +125,7 @@ pub struct Gateway {
     validator: Arc<Validator>,
     /// Headers removed from every request as it arrives: the identity headers (only the
     /// gateway may set them) and `server.strip_request_headers`.
-    removed: Vec<http::HeaderName>,
+    removed: headers::Removed,
     /// `server.trusted_hops`, for the client IP of rate limits.
     trusted_hops: usize,
     metrics: Arc<Metrics>,
@@ -143,14 +143,16 @@ impl Gateway {
         trusted_hops: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let mut removed: Vec<http::HeaderName> =
-            validator.identity_headers().names().cloned().collect();
-        removed.extend(
-            strip_request_headers
-                .iter()
-                .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok()),
+        let configured = strip_request_headers
+            .iter()
+            .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok());
+        let removed = headers::Removed::new(
+            validator
+                .identity_headers()
+                .names()
+                .cloned()
+                .chain(configured),
         );
-        removed.dedup();
         Gateway {
             upstream,
             signup,
@@ -174,7 +176,7 @@ impl Gateway {
         headers::strip_hop_by_hop(request.headers_mut());
         // So are the identity headers, whatever the route, method or verdict (only a validation
         // sets them), and the headers some frameworks route by instead of the request line.
-        headers::strip_named(request.headers_mut(), &self.removed);
+        self.removed.strip(request.headers_mut());
         let request_id = headers::request_id(request.headers());
         let method = request.method().clone();
         let client = headers::client_ip(peer.ip(), request.headers(), self.trusted_hops);
