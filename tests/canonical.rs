@@ -297,6 +297,7 @@ async fn run_corpus(setup: Setup) {
 
     // A logs in through the gateway, which learns (or can verify) the token.
     let a_token = login_token(&gateway, &shoppers).await;
+    let json = vec![("Content-Type".to_owned(), "application/json".to_owned())];
 
     let mut families: BTreeMap<String, Family> = BTreeMap::new();
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/paths");
@@ -353,6 +354,44 @@ async fn run_corpus(setup: Setup) {
         }
     }
     assert!(cases >= 60, "the corpus has {cases} cases");
+
+    // What is forwarded is exactly the canonical form the decision was made on.
+    let token = vec![(TOKEN_HEADER.to_owned(), a_token.clone())];
+    for (sent, method, headers, body, forwarded) in [
+        (
+            "/V2/%61ccounts/{A}/x%c3%a9?q=%2f;..",
+            "GET",
+            &token,
+            BodyKind::None,
+            "/v2/accounts/{A}/x%C3%A9?q=%2f;..",
+        ),
+        (
+            "http://evil.example/v2/Account-Members/{MA}/",
+            "GET",
+            &token,
+            BodyKind::None,
+            "/v2/account-members/{MA}/",
+        ),
+        (
+            "/V2/account%2Dmembers/Tokens/",
+            "POST",
+            &json,
+            BodyKind::Login,
+            "/v2/account-members/tokens/",
+        ),
+    ] {
+        let status = send(
+            &gateway,
+            method,
+            &shoppers.fill(sent),
+            headers,
+            &shoppers.body(body),
+        )
+        .await;
+        assert!(status == 200 || status == 201, "{sent}: {status}");
+        let received = upstream.received().pop().expect("forwarded");
+        assert_eq!(received.target, shoppers.fill(forwarded), "{sent}");
+    }
     assert!(
         failures.is_empty(),
         "{} of {cases} cases failed:\n{}",
