@@ -207,6 +207,7 @@ fn rate_limits(config: &Config) -> RateLimits {
         signup_per_username: limits.signup_per_username,
         login_per_ip: limits.login_per_ip,
         login_per_username: limits.login_per_username,
+        max_keys: limits.max_keys,
     }
 }
 

@@ -51,6 +51,9 @@ pub struct RateLimitConfig {
     pub login_per_ip: u32,
     /// Logins per username per window. Default 10.
     pub login_per_username: u32,
+    /// Distinct clients (or usernames) counted exactly per limit and window, about 20 bytes
+    /// each; beyond, a fixed-size estimator counts them, which may over-count. Default 100 000.
+    pub max_keys: usize,
 }
 
 impl Default for RateLimitConfig {
@@ -61,6 +64,7 @@ impl Default for RateLimitConfig {
             signup_per_username: 10,
             login_per_ip: 100,
             login_per_username: 10,
+            max_keys: 100_000,
         }
     }
 }
