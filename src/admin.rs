@@ -60,7 +60,7 @@ pub struct Admin {
     /// The current generation: its verifier keeps the verified-cache counters that `/metrics`
     /// exports, and its admin API (when an admin token is configured) answers `/members/…`.
     pub current: Arc<ArcSwap<Generation>>,
-    /// Pinged by `/readyz` (a shared store that cannot be reached makes the replica unready).
+    /// Pinged for `/readyz`'s body and the `store_up` gauge (never for readiness itself).
     pub store: Arc<Store>,
 }
 
@@ -90,6 +90,7 @@ impl Admin {
                 self.metrics
                     .store_entries
                     .set(i64::try_from(self.store.count()).unwrap_or(i64::MAX));
+                self.store_up().await;
                 if let Some(verifier) = &generation.verifier {
                     self.metrics
                         .sync_verified_cache(verifier.cache_hits(), verifier.cache_misses());
@@ -102,13 +103,23 @@ impl Admin {
                 response
             }
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
-            "/readyz" => match self.not_ready_reason().await {
-                None => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
-                Some(reason) => json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(r#"{{"status":"not_ready","reason":"{reason}"}}"#),
-                ),
-            },
+            "/readyz" => {
+                // The store's health is reported, never followed: a Redis outage narrows what
+                // the gateway can decide, but it must not take every replica out of service.
+                let store = if self.store_up().await { "up" } else { "down" };
+                match self.health.not_ready_reason() {
+                    None => json(
+                        StatusCode::OK,
+                        format!(r#"{{"status":"ready","store":"{store}"}}"#),
+                    ),
+                    Some(reason) => json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            r#"{{"status":"not_ready","reason":"{reason}","store":"{store}"}}"#
+                        ),
+                    ),
+                }
+            }
             _ => json_api_error(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -120,12 +131,11 @@ impl Admin {
 }
 
 impl Admin {
-    /// `None` when ready: up, not draining, and the token store reachable.
-    async fn not_ready_reason(&self) -> Option<&'static str> {
-        match self.health.not_ready_reason() {
-            Some(reason) => Some(reason),
-            None => self.store.ping().await.err().map(|_| "store_unavailable"),
-        }
+    /// Whether the token store answers now (a bounded ping), also set as `store_up`.
+    async fn store_up(&self) -> bool {
+        let up = self.store.ping().await.is_ok();
+        self.metrics.store_up.set(i64::from(up));
+        up
     }
 }
 

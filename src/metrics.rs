@@ -51,6 +51,9 @@ pub struct Metrics {
     pub tokens_issued_total: IntCounter,
     /// `store_entries`: live records in the token store.
     pub store_entries: IntGauge,
+    /// `store_up`: 1 while the token store answers, 0 while it cannot be reached; the store's
+    /// health, which readiness deliberately does not follow.
+    pub store_up: IntGauge,
     /// `store_errors_total{backend,op}`: token-store calls that failed (Redis down or slow).
     pub store_errors_total: IntCounterVec,
     /// `rate_limited_total{limit}`: token requests refused by each rate limit.
@@ -131,6 +134,11 @@ impl Metrics {
             "Account tokens issued by the upstream and recorded.",
         )?;
         let store_entries = IntGauge::new("store_entries", "Live records in the token store.")?;
+        let store_up = IntGauge::new(
+            "store_up",
+            "1 while the token store answers (the memory store always does), 0 while it cannot be reached.",
+        )?;
+        store_up.set(1);
         let store_errors_total = IntCounterVec::new(
             Opts::new(
                 "store_errors_total",
@@ -176,6 +184,7 @@ impl Metrics {
         registry.register(Box::new(signups_total.clone()))?;
         registry.register(Box::new(tokens_issued_total.clone()))?;
         registry.register(Box::new(store_entries.clone()))?;
+        registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(store_errors_total.clone()))?;
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
@@ -246,6 +255,7 @@ impl Metrics {
             signups_total,
             tokens_issued_total,
             store_entries,
+            store_up,
             store_errors_total,
             rate_limited_total,
             token_validations_total,
