@@ -195,6 +195,11 @@ async fn gateways_ride_out_a_redis_outage_and_recover_without_a_restart() {
     // A sign-up still works (the token cannot be recorded, which is logged and counted).
     let during = api_a.tokens(signup_data("cy@example.com", "pw-c-1")).await;
     assert_eq!(during.status, StatusCode::CREATED);
+    // Counted as unrecorded, not issued: no replica will recognise that token.
+    assert!(a
+        .metrics()
+        .await
+        .contains(r#"account_gate_signups_total{mechanism="self_signup",outcome="unrecorded"} 1"#));
     // A logout cannot be recorded: say so rather than pretend.
     let out = logout(&api_a, &token).await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -334,7 +334,7 @@ impl TeeSink for Learner {
                     return;
                 }
             };
-            let mut recorded = 0u64;
+            let (mut recorded, total) = (0u64, records.len());
             for record in records {
                 match self.store.record(record).await {
                     Ok(()) => recorded += 1,
@@ -342,8 +342,14 @@ impl TeeSink for Learner {
                 }
             }
             self.metrics.tokens_issued_total.inc_by(recorded);
-            self.metrics
-                .count_signup(Some(self.mechanism), Outcome::Issued);
+            // A token that was not written is one no replica will recognise: the sign-up did
+            // not do what `issued` promises.
+            let outcome = if recorded == total as u64 {
+                Outcome::Issued
+            } else {
+                Outcome::Unrecorded
+            };
+            self.metrics.count_signup(Some(self.mechanism), outcome);
         })
     }
 
