@@ -142,6 +142,7 @@ fn validator_settings(config: &Config) -> ValidatorSettings {
         }),
         leeway: tokens.leeway,
         negative_ttl: tokens.negative_ttl,
+        learned_ttl: tokens.learned_ttl,
         negative_max_entries: tokens.negative_max_entries,
         rules: Rules::new(configured, &config.signup.path),
         identity: IdentityHeaders::new(&tokens.account_id_header, &tokens.member_id_header),

@@ -337,3 +337,30 @@ async fn both_mode_needs_an_issued_and_signed_token_and_revocation_beats_the_sig
     );
     assert_eq!(upstream.calls(), 1);
 }
+
+#[tokio::test]
+async fn in_either_mode_a_token_no_key_can_verify_is_asked_about_each_time_never_learnt() {
+    // A kid the JWKS does not hold: no key can decide, so `either` lets the upstream judge it
+    // (`unknown = "upstream"`) — every time, since a record would stand in for a signature.
+    let upstream = TestUpstream::http().await;
+    let key = TestKey::rsa_a();
+    let jwks = JwksServer::start(&[(&key, "k1")]).await;
+    let gateway = gateway(&upstream, &["RS256"], |c| {
+        c.tokens.mode = TokenMode::Either;
+        c.tokens.signature.jwks_url = Some(jwks.url.clone());
+    })
+    .await;
+    let token = TestKey::rsa_b().token(Some("rotated-away"));
+    for asked in 1..=2 {
+        let answer = get(&gateway, "/v2/accounts/account-1", &token).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(
+            upstream.seen().len(),
+            asked,
+            "the upstream decides each time"
+        );
+    }
+    let record = gateway.store.lookup(&Fingerprint::of(&token)).await;
+    assert!(matches!(record, Ok(None)), "{record:?}");
+    gateway.shutdown().await;
+}

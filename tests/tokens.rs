@@ -210,6 +210,16 @@ async fn with_unknown_upstream_genuine_tokens_are_learnt_and_forged_ones_refused
         .expect("learnt from the 2xx");
     assert_eq!(record.member_id, member);
     assert_eq!(record.account_id, account);
+    // Provisional: kept for `learned_ttl` (15 minutes by default) at most, although the token
+    // itself claims 24 hours.
+    let left = record
+        .expires_at
+        .duration_since(std::time::SystemTime::now())
+        .expect("not expired");
+    assert!(
+        left <= std::time::Duration::from_secs(15 * 60),
+        "learnt for {left:?}"
+    );
     // Learnt tokens are scoped like issued ones: no upstream call for another account.
     let (_, other) = issued(&direct.tokens(signup_data("other@example.com", "pw")).await);
     let other_path = format!("/v2/accounts/{}", other[0].0);

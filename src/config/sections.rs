@@ -165,6 +165,10 @@ pub struct TokensConfig {
     /// How long a token the upstream refused is answered locally. Default `60s`.
     #[serde(with = "super::file::duration")]
     pub negative_ttl: Duration,
+    /// How long a token learned from an upstream 2xx (`unknown = "upstream"`) is trusted, at
+    /// most: a learned token is provisional, unlike one issued in a `201`. Default `15m`.
+    #[serde(with = "super::file::duration")]
+    pub learned_ttl: Duration,
     /// Most refused tokens remembered. Default 100 000.
     pub negative_max_entries: u64,
     /// Most verified signatures cached. Default 100 000.
@@ -187,6 +191,7 @@ impl Default for TokensConfig {
             unknown: UnknownTokens::Upstream,
             leeway: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(60),
+            learned_ttl: Duration::from_secs(15 * 60),
             negative_max_entries: 100_000,
             cache_max_entries: 100_000,
             account_id_header: "X-Account-Id".to_owned(),

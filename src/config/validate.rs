@@ -189,6 +189,7 @@ fn validate_tokens(
     for (key, value, may_be_zero) in [
         ("tokens.leeway", tokens.leeway, true),
         ("tokens.negative_ttl", tokens.negative_ttl, false),
+        ("tokens.learned_ttl", tokens.learned_ttl, false),
         (
             "tokens.signature.jwks_refresh",
             tokens.signature.jwks_refresh,

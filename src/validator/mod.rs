@@ -128,6 +128,8 @@ pub struct ValidatorSettings {
     pub header: HeaderName,
     pub leeway: Duration,
     pub negative_ttl: Duration,
+    /// The longest a learned token is recorded for, whatever its `exp`.
+    pub learned_ttl: Duration,
     pub negative_max_entries: u64,
     pub rules: Rules,
     pub identity: IdentityHeaders,
@@ -402,13 +404,18 @@ impl Validator {
         if let Err(rejection) = bound(binding, account, member) {
             return self.rejected(rejection);
         }
+        // Learned, not issued: recorded for `learned_ttl` at most, whatever the token claims,
+        // and never in `either` mode, where a record would stand in for a signature no key
+        // here could check.
+        let learns = learns && self.settings.mode == TokenMode::Issued;
         let learn = match (learns, member, account) {
             (true, Some(member), Some(account)) => Some(TokenRecord {
                 fingerprint,
                 member_id: member.to_owned(),
                 account_id: account.to_owned(),
                 account_name: None,
-                expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp.max(0) as u64),
+                expires_at: (UNIX_EPOCH + Duration::from_secs(claims.exp.max(0) as u64))
+                    .min(SystemTime::now() + self.settings.learned_ttl),
             }),
             _ => None,
         };
