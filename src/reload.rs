@@ -46,15 +46,23 @@ pub struct Reloader {
     path: PathBuf,
     shared: Shared,
     current: Arc<ArcSwap<Generation>>,
+    /// The file's digest when this reloader was made: taken here, before the gateway reports
+    /// ready, and not when the watching task first runs, which under load can be after the
+    /// file has already changed (the change would then never be seen).
+    made_at: Option<[u8; 32]>,
 }
 
 impl Reloader {
     /// A reloader of `path` into `current`.
     pub fn new(path: PathBuf, shared: Shared, current: Arc<ArcSwap<Generation>>) -> Self {
+        let made_at = std::fs::read(&path)
+            .ok()
+            .map(|bytes| Sha256::digest(&bytes).into());
         Reloader {
             path,
             shared,
             current,
+            made_at,
         }
     }
 
@@ -108,7 +116,7 @@ impl Reloader {
     /// returns when `stop` completes.
     pub async fn watch(self, poll: Duration, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut seen = self.digest().await;
+        let mut seen = self.made_at;
         let mut hangups = hangups();
         let mut ticks = tokio::time::interval(if poll.is_zero() {
             Duration::from_secs(24 * 3600)
