@@ -134,7 +134,9 @@ impl Server {
         let settings = ListenerSettings {
             max_connections: server.max_connections,
             header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
             max_header_bytes: server.max_header_bytes,
+            http2: server.http2.clone(),
             shutdown_grace: server.shutdown_grace,
         };
         let (listen, admin_listen) = (self.local_addr(), self.admin_addr());
@@ -146,6 +148,7 @@ impl Server {
         let data_plane = tokio::spawn(proxy::serve(
             self.listener,
             settings.clone(),
+            self.shared.metrics.listener("data"),
             move |request, peer| current.load().gateway.clone().handle(request, peer),
             stopped(data_stopped.clone()),
         ));
@@ -157,10 +160,8 @@ impl Server {
         });
         let admin_plane = tokio::spawn(proxy::serve(
             self.admin_listener,
-            ListenerSettings {
-                max_connections: 64,
-                ..settings
-            },
+            admin_settings(&settings),
+            self.shared.metrics.listener("admin"),
             move |request, _peer| admin.clone().handle(request),
             stopped(admin_stopped),
         ));
@@ -196,6 +197,24 @@ impl Server {
         tracing::info!("account-gate stopped");
     }
 }
+
+/// The admin listener's own limits: a probe or a scrape is one small request on a fresh or
+/// kept-alive connection, so it gets few places and short deadlines, and a flood of its port
+/// only ever evicts its own connections (the idlest first), never the probe that just arrived.
+fn admin_settings(data: &ListenerSettings) -> ListenerSettings {
+    ListenerSettings {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        header_read_timeout: data.header_read_timeout.min(ADMIN_HEADER_READ_TIMEOUT),
+        idle_timeout: data.idle_timeout,
+        ..data.clone()
+    }
+}
+
+/// Connections the admin listener serves at once (kubelet probes, Prometheus, an operator).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// The admin listener's header deadline, when `server.header_read_timeout` is longer: a probe
+/// sends its head at once, and kubelet's probe timeout defaults to 1 s.
+const ADMIN_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The configured token store.
 fn build_store(config: &Config, metrics: &Metrics) -> Result<Store, StartError> {

@@ -28,7 +28,7 @@ use crate::signup::{Mechanism, Outcome, Signup, SignupError, TeeBody};
 use crate::validator::{Validator, Verdict};
 
 pub use headers::{strip_hop_by_hop, X_REQUEST_ID};
-pub use listener::{serve, ListenerSettings};
+pub use listener::{serve, CloseAfter, CloseReason, InFlight, ListenerSettings};
 pub use upstream::{Upstream, UpstreamError, UpstreamSetupError};
 
 /// The error type of every body the gateway sends or forwards.

@@ -504,6 +504,8 @@ mod tests {
             response_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_host: 8,
+            max_connections: 16,
+            body_timeout: Duration::from_secs(5),
         };
         let mut upstream = Upstream::new(&config).expect("upstream");
         // Every pooled connection counts as idle long enough.
