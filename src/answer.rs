@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
-use crate::proxy::{full_body, Body, CloseAfter, CloseReason, UpstreamError};
+use crate::proxy::{full_body, Body, CloseAfter, CloseReason, ConnectError, UpstreamError};
 use crate::signup::SignupError;
 use crate::validator::Rejection;
 
@@ -54,6 +54,9 @@ impl GatewayError {
         match self {
             GatewayError::Upstream(err @ UpstreamError::Timeout(_)) => {
                 (StatusCode::GATEWAY_TIMEOUT, err.code())
+            }
+            GatewayError::Upstream(err @ UpstreamError::Connect(ConnectError::Saturated(_))) => {
+                (StatusCode::SERVICE_UNAVAILABLE, err.code())
             }
             GatewayError::Upstream(err) => (StatusCode::BAD_GATEWAY, err.code()),
             GatewayError::Signup(err) => match err {

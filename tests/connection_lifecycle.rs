@@ -415,3 +415,57 @@ async fn at_max_connections_the_idlest_makes_room_and_with_all_busy_a_newcomer_g
     assert_eq!(gateway.sample(&closed("data", "overload")).await, 5.0);
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn upstream_connections_are_capped_and_a_request_waits_for_one_then_gets_503() {
+    let upstream = TestUpstream::http().await;
+    let connect_timeout = Duration::from_millis(600);
+    let gateway = TestGateway::new(&upstream.url)
+        .configure(|c| {
+            c.upstream.max_connections = 2;
+            c.upstream.connect_timeout = connect_timeout;
+        })
+        .start()
+        .await;
+    let slow = |ms: u64| {
+        let url = gateway.url(&format!("/slow?ms={ms}"));
+        tokio::spawn(async move { common::get(&url).await.0 })
+    };
+    // Both connections busy for 3 s: a third request waits connect_timeout, then 503.
+    let busy = [slow(3000), slow(3000)];
+    eventually("two requests upstream", MARGIN, || async {
+        upstream.calls() == 2
+    })
+    .await;
+    let started = Instant::now();
+    let (status, body) = common::get(&gateway.url("/public/third")).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(common::json(&body)["errors"][0]["code"], "overloaded");
+    assert!(
+        took >= connect_timeout && took < connect_timeout + MARGIN,
+        "answered after {took:?}"
+    );
+    for request in busy {
+        assert_eq!(request.await.expect("join"), StatusCode::OK);
+    }
+    // Busy for less than connect_timeout: the third request rides the first to come free.
+    let busy = [slow(200), slow(200)];
+    eventually("two more requests upstream", MARGIN, || async {
+        upstream.calls() == 4
+    })
+    .await;
+    assert_eq!(
+        common::get(&gateway.url("/public/fourth")).await.0,
+        StatusCode::OK
+    );
+    for request in busy {
+        assert_eq!(request.await.expect("join"), StatusCode::OK);
+    }
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "never more than two upstream connections"
+    );
+    gateway.shutdown().await;
+}

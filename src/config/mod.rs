@@ -133,7 +133,7 @@ pub struct ServerConfig {
 pub struct Http2Config {
     /// Streams one connection may have open at once. Default 100.
     pub max_concurrent_streams: u32,
-    /// How often an otherwise silent connection with open streams is pinged. Default `20s`.
+    /// A connection the client has sent nothing on for this long is pinged. Default `20s`.
     pub keep_alive_interval: Duration,
     /// A ping unanswered for this long closes the connection. Default `10s`.
     pub keep_alive_timeout: Duration,

@@ -29,7 +29,7 @@ use crate::validator::{Validator, Verdict};
 
 pub use headers::{strip_hop_by_hop, X_REQUEST_ID};
 pub use listener::{serve, CloseAfter, CloseReason, InFlight, ListenerSettings};
-pub use upstream::{Upstream, UpstreamError, UpstreamSetupError};
+pub use upstream::{ConnectError, Upstream, UpstreamError, UpstreamSetupError};
 
 /// The error type of every body the gateway sends or forwards.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

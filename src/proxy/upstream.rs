@@ -20,6 +20,7 @@ use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 
 use super::Body;
@@ -41,6 +42,9 @@ pub enum ConnectError {
     /// The HTTP connection could not be set up on the stream.
     #[error("HTTP handshake: {0}")]
     Http(#[source] hyper::Error),
+    /// `upstream.max_connections` were open and none came free within `connect_timeout`.
+    #[error("all {0} upstream connections stayed busy")]
+    Saturated(usize),
 }
 
 /// Why a request could not be forwarded or got no answer. Each maps to 502 or 504.
@@ -61,6 +65,7 @@ impl UpstreamError {
     /// The JSON:API `code` and the `upstream_errors_total{kind}` label.
     pub fn code(&self) -> &'static str {
         match self {
+            UpstreamError::Connect(ConnectError::Saturated(_)) => "overloaded",
             UpstreamError::Connect(_) => "upstream_unreachable",
             UpstreamError::Timeout(_) => "upstream_timeout",
             UpstreamError::Failed(_) => "upstream_failed",
@@ -119,7 +124,16 @@ struct Pool {
     http2: Mutex<Option<http2::SendRequest<Body>>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// One permit per open connection, `upstream.max_connections` in all; a connection's task
+    /// holds its permit until the connection closes.
+    slots: Arc<Semaphore>,
+    /// `upstream.max_connections`, for the error.
+    max_connections: usize,
 }
+
+/// How often a request waiting for a busy pool looks for a connection that came free: hyper
+/// says when a connection closes, not when an answer has been read.
+const SATURATED_POLL: Duration = Duration::from_millis(2);
 
 struct Idle {
     sender: http1::SendRequest<Body>,
@@ -166,6 +180,8 @@ impl Upstream {
             http2: Mutex::new(None),
             max_idle: config.pool_max_idle_per_host,
             idle_timeout: config.pool_idle_timeout,
+            slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            max_connections: config.max_connections.max(1),
         });
         Pool::start_pruning(&pool);
         Ok(Upstream {
@@ -222,7 +238,7 @@ impl Upstream {
                 Some((sender, idle)) => (sender, false, idle),
                 // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is a 5 KiB future that would
                 // otherwise be part of, and copied with, every request's future.
-                None => (Box::pin(self.connect()).await?, true, Duration::ZERO),
+                None => Box::pin(self.acquire()).await?,
             };
             let replay = (!fresh && !replayed && idle >= self.replay_after_idle)
                 .then(|| safe_copy(&request))
@@ -269,9 +285,34 @@ impl Upstream {
         Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
     }
 
+    /// A connection when the pool has none ready: a new one while fewer than
+    /// `upstream.max_connections` are open, else the first pooled one to come free, waiting at
+    /// most `connect_timeout`. With whether it is new and how long it sat idle.
+    async fn acquire(&self) -> Result<(Sender, bool, Duration), UpstreamError> {
+        let deadline = tokio::time::Instant::now() + self.target.connect_timeout;
+        loop {
+            if let Ok(permit) = self.pool.slots.clone().try_acquire_owned() {
+                return Ok((self.connect(permit).await?, true, Duration::ZERO));
+            }
+            if let Some((sender, idle)) = self.pool.take() {
+                return Ok((sender, false, idle));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let saturated = ConnectError::Saturated(self.pool.max_connections);
+                return Err(UpstreamError::Connect(saturated));
+            }
+            tokio::select! {
+                permit = self.pool.slots.clone().acquire_owned() => if let Ok(permit) = permit {
+                    return Ok((self.connect(permit).await?, true, Duration::ZERO));
+                },
+                () = tokio::time::sleep(SATURATED_POLL) => {}
+            }
+        }
+    }
+
     /// Opens a connection: TCP, TLS for `https` (HTTP/2 if negotiated), the HTTP handshake, and
-    /// a task driving it.
-    async fn connect(&self) -> Result<Sender, UpstreamError> {
+    /// a task driving it, which holds `permit` until the connection closes.
+    async fn connect(&self, permit: OwnedSemaphorePermit) -> Result<Sender, UpstreamError> {
         let target = &self.target;
         let timeout = target.connect_timeout;
         let connecting = async {
@@ -302,14 +343,14 @@ impl Upstream {
                 .handshake(stream)
                 .await
                 .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
-            tokio::spawn(drive(connection));
+            tokio::spawn(drive(connection, permit));
             self.pool.share_http2(sender.clone());
             return Ok(Sender::Http2(sender));
         }
         let (sender, connection) = http1::handshake(stream)
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
-        tokio::spawn(drive(connection));
+        tokio::spawn(drive(connection, permit));
         Ok(Sender::Http1(sender))
     }
 }
@@ -343,11 +384,15 @@ fn origin_form(uri: &Uri) -> Uri {
     Uri::from(path_and_query(uri))
 }
 
-/// Runs one upstream connection until it closes.
-async fn drive<F: std::future::Future<Output = hyper::Result<()>>>(connection: F) {
+/// Runs one upstream connection until it closes, then frees its place.
+async fn drive<F: std::future::Future<Output = hyper::Result<()>>>(
+    connection: F,
+    permit: OwnedSemaphorePermit,
+) {
     if let Err(error) = connection.await {
         tracing::debug!(%error, "upstream connection ended with an error");
     }
+    drop(permit);
 }
 
 impl Pool {
