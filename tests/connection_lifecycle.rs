@@ -469,3 +469,73 @@ async fn upstream_connections_are_capped_and_a_request_waits_for_one_then_gets_5
     );
     gateway.shutdown().await;
 }
+
+/// An upstream that answers the head and 10 of 100 announced body bytes, then holds the
+/// connection open without another word.
+async fn stalling_upstream() -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            if common::raw::read_request(&mut stream).await.is_some() {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                    .await;
+                held.push(stream);
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_forwarded_body_that_stalls_either_way_is_cut_at_the_upstream_body_timeout() {
+    let stall = Duration::from_millis(500);
+    // The upstream's answer stops halfway: the client's connection is cut, not held.
+    let stalling = stalling_upstream().await;
+    let gateway = TestGateway::new(&format!("http://{stalling}"))
+        .configure(|c| c.upstream.body_timeout = stall)
+        .start()
+        .await;
+    let mut client = RawClient::connect(gateway.addr).await;
+    let started = Instant::now();
+    client
+        .send(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(
+        client.answer(stall + MARGIN).await.is_none(),
+        "no complete answer"
+    );
+    let took = started.elapsed();
+    assert!(took >= stall && took < stall + MARGIN, "cut after {took:?}");
+    gateway.shutdown().await;
+
+    // A client's request body stops halfway: the upstream request is abandoned, the client
+    // told 502.
+    let upstream = TestUpstream::http().await;
+    let gateway = TestGateway::new(&upstream.url)
+        .configure(|c| c.upstream.body_timeout = stall)
+        .start()
+        .await;
+    let mut client = RawClient::connect(gateway.addr).await;
+    let started = Instant::now();
+    client
+        .send(b"POST /public HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await;
+    let answer = client.answer(stall + MARGIN).await.expect("an answer");
+    let took = started.elapsed();
+    assert_eq!(answer.status, 502);
+    assert!(
+        took >= stall && took < stall + MARGIN,
+        "answered after {took:?}"
+    );
+    assert!(
+        upstream.seen().is_empty(),
+        "the upstream never got a whole request"
+    );
+    gateway.shutdown().await;
+}

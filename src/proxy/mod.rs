@@ -9,6 +9,7 @@
 
 mod headers;
 mod listener;
+mod stall;
 mod upstream;
 
 use std::convert::Infallible;
@@ -43,11 +44,6 @@ pub fn full_body(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never: Infallible| match never {})
         .boxed_unsync()
-}
-
-/// Wraps a body that streams from a socket into [`Body`].
-fn streamed(body: Incoming) -> Body {
-    body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
 }
 
 /// Which kind of request this is; the `route` metric label.
@@ -135,6 +131,11 @@ impl Gateway {
             trusted_hops,
             metrics,
         }
+    }
+
+    /// A body streaming from either side, cut if it pauses for `upstream.body_timeout`.
+    fn streamed(&self, body: Incoming) -> Body {
+        stall::Stalled::new(body, self.upstream.body_timeout()).boxed_unsync()
     }
 
     /// Whether a request is for the token endpoint.
@@ -252,12 +253,12 @@ impl Gateway {
             }
         };
         let response = self
-            .forward(parts, streamed(body), peer, request_id, exchange)
+            .forward(parts, self.streamed(body), peer, request_id, exchange)
             .await?;
         if let Some(unknown) = deferred {
             self.validator.settle(unknown, response.status()).await;
         }
-        Ok(response.map(streamed))
+        Ok(response.map(|body| self.streamed(body)))
     }
 
     /// `DELETE` on the token endpoint: revokes every token of the presented token's member.
@@ -325,9 +326,8 @@ impl Gateway {
             let cap = self.signup.max_response_bytes();
             let learner = self.signup.learner(checked.mechanism);
             return Ok(response.map(|body| {
-                TeeBody::new(body, cap, learner)
-                    .map_err(|e| -> BoxError { Box::new(e) })
-                    .boxed_unsync()
+                let body = stall::Stalled::new(body, self.upstream.body_timeout());
+                TeeBody::new(body, cap, learner).boxed_unsync()
             }));
         }
         let outcome = if status.is_server_error() {
@@ -336,7 +336,7 @@ impl Gateway {
             Outcome::Refused
         };
         self.signup.count(mechanism, outcome);
-        Ok(response.map(streamed))
+        Ok(response.map(|body| self.streamed(body)))
     }
 
     /// Sends a request upstream with its headers rewritten and returns the answer, whose body is

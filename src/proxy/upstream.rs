@@ -95,6 +95,8 @@ pub struct Upstream {
     /// `Host` sent upstream: the upstream's own name, which virtual hosting and TLS SNI need.
     host: HeaderValue,
     response_timeout: Duration,
+    /// `upstream.body_timeout`: the longest pause in a forwarded body.
+    body_timeout: Duration,
     /// A pooled HTTP/1.1 connection unused for this long may be closed by the upstream just as
     /// a request goes out on it; a safe request sent on one is kept for a second try.
     replay_after_idle: Duration,
@@ -196,8 +198,14 @@ impl Upstream {
             },
             host,
             response_timeout: config.response_timeout,
+            body_timeout: config.body_timeout,
             replay_after_idle: REPLAY_AFTER_IDLE,
         })
+    }
+
+    /// The longest pause allowed in a body forwarded either way (`upstream.body_timeout`).
+    pub fn body_timeout(&self) -> Duration {
+        self.body_timeout
     }
 
     /// Points `request` at the upstream: origin-form target, upstream `Host`, HTTP/1.1 framing
