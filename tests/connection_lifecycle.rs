@@ -539,3 +539,30 @@ async fn a_forwarded_body_that_stalls_either_way_is_cut_at_the_upstream_body_tim
     );
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_http2_upstream_connection_opens_when_the_first_has_100_requests_waiting() {
+    let upstream = TestUpstream::https().await;
+    let gateway = TestGateway::new(&upstream.url)
+        .configure(|c| c.upstream.ca_file = upstream.ca_file.clone())
+        .start()
+        .await;
+    // The first request learns that the upstream speaks HTTP/2 (a cold burst cannot know).
+    assert_eq!(common::get(&gateway.url("/public")).await.0, StatusCode::OK);
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..150 {
+        let url = gateway.url("/slow?ms=1500");
+        requests.spawn(async move { common::get(&url).await.0 });
+    }
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.expect("join"), StatusCode::OK);
+    }
+    let seen = upstream.seen();
+    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_2));
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "100 streams on the first, 50 on the second"
+    );
+    gateway.shutdown().await;
+}

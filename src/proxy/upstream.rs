@@ -9,6 +9,7 @@
 //! of closed and long-idle connections as it is walked and by a timer.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -122,8 +123,9 @@ struct Target {
 struct Pool {
     /// HTTP/1.1 connections, newest last; each is ready again once its last answer was read.
     http1: Mutex<Vec<Idle>>,
-    /// The HTTP/2 connection, shared by every request, when the upstream negotiated it.
-    http2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// HTTP/2 connections, when the upstream negotiated it: shared by every request, one more
+    /// opened whenever each has [`H2_STREAMS`] requests waiting for an answer.
+    http2: Mutex<Vec<Shared>>,
     max_idle: usize,
     idle_timeout: Duration,
     /// One permit per open connection, `upstream.max_connections` in all; a connection's task
@@ -131,6 +133,29 @@ struct Pool {
     slots: Arc<Semaphore>,
     /// `upstream.max_connections`, for the error.
     max_connections: usize,
+    /// Set once the upstream has negotiated HTTP/2.
+    speaks_h2: AtomicBool,
+    /// Set while a request opens a connection (or waits for a place to), so that only one
+    /// does at a time once the upstream is known to speak HTTP/2.
+    h2_opening: AtomicBool,
+}
+
+/// The right to open the next connection, held until it is open (or failed).
+struct Opening<'a>(&'a AtomicBool);
+
+impl<'a> Opening<'a> {
+    /// The right, unless another request holds it.
+    fn claim(flag: &'a AtomicBool) -> Option<Self> {
+        flag.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| Opening(flag))
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// How often a request waiting for a busy pool looks for a connection that came free: hyper
@@ -143,10 +168,32 @@ struct Idle {
     since: Instant,
 }
 
+/// Requests sent on one HTTP/2 upstream connection before another is opened. hyper does not
+/// tell the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS`; RFC 9113 recommends at least 100,
+/// and load balancers allow 100 to 128. Counted from sending to the answer's head (account
+/// answers are small, so their bodies hold a stream only briefly); beyond the upstream's own
+/// limit, requests would wait inside the connection rather than fail.
+const H2_STREAMS: usize = 100;
+
+/// One HTTP/2 upstream connection and the requests on it awaiting an answer.
+struct Shared {
+    sender: http2::SendRequest<Body>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// A request counted on its HTTP/2 connection until its answer's head arrives.
+struct Stream(Arc<AtomicUsize>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A connection taken for one request.
 enum Sender {
     Http1(http1::SendRequest<Body>),
-    Http2(http2::SendRequest<Body>),
+    Http2(http2::SendRequest<Body>, Stream),
 }
 
 impl Upstream {
@@ -179,11 +226,13 @@ impl Upstream {
         };
         let pool = Arc::new(Pool {
             http1: Mutex::new(Vec::new()),
-            http2: Mutex::new(None),
+            http2: Mutex::new(Vec::new()),
             max_idle: config.pool_max_idle_per_host,
             idle_timeout: config.pool_idle_timeout,
             slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
             max_connections: config.max_connections.max(1),
+            speaks_h2: AtomicBool::new(false),
+            h2_opening: AtomicBool::new(false),
         });
         Pool::start_pruning(&pool);
         Ok(Upstream {
@@ -252,9 +301,11 @@ impl Upstream {
                 .then(|| safe_copy(&request))
                 .flatten();
             let answer = match sender {
-                Sender::Http2(mut sender) => {
+                Sender::Http2(mut sender, stream) => {
                     *request.uri_mut() = self.absolute(request.uri());
-                    sender.try_send_request(request).await
+                    let answer = sender.try_send_request(request).await;
+                    drop(stream);
+                    answer
                 }
                 Sender::Http1(mut sender) => {
                     if request.uri().scheme().is_some() {
@@ -299,15 +350,25 @@ impl Upstream {
     async fn acquire(&self) -> Result<(Sender, bool, Duration), UpstreamError> {
         let deadline = tokio::time::Instant::now() + self.target.connect_timeout;
         loop {
-            if let Ok(permit) = self.pool.slots.clone().try_acquire_owned() {
-                return Ok((self.connect(permit).await?, true, Duration::ZERO));
-            }
+            // An HTTP/2 upstream needs one new connection for a burst, not one per request:
+            // while one is being opened, the others wait for it.
+            let opener = Opening::claim(&self.pool.h2_opening);
+            let h2_opening = opener.is_none() && self.pool.speaks_h2.load(Ordering::Relaxed);
             if let Some((sender, idle)) = self.pool.take() {
                 return Ok((sender, false, idle));
+            }
+            if !h2_opening {
+                if let Ok(permit) = self.pool.slots.clone().try_acquire_owned() {
+                    return Ok((self.connect(permit).await?, true, Duration::ZERO));
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 let saturated = ConnectError::Saturated(self.pool.max_connections);
                 return Err(UpstreamError::Connect(saturated));
+            }
+            if h2_opening {
+                tokio::time::sleep(SATURATED_POLL).await;
+                continue;
             }
             tokio::select! {
                 permit = self.pool.slots.clone().acquire_owned() => if let Ok(permit) = permit {
@@ -352,14 +413,22 @@ impl Upstream {
                 .await
                 .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
             tokio::spawn(drive(connection, permit));
-            self.pool.share_http2(sender.clone());
-            return Ok(Sender::Http2(sender));
+            self.pool.speaks_h2.store(true, Ordering::Relaxed);
+            return Ok(self.pool.share_http2(sender));
         }
         let (sender, connection) = http1::handshake(stream)
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
         tokio::spawn(drive(connection, permit));
         Ok(Sender::Http1(sender))
+    }
+}
+
+impl Shared {
+    /// The connection, counting one more request on it.
+    fn take(&self) -> Sender {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        Sender::Http2(self.sender.clone(), Stream(self.streams.clone()))
     }
 }
 
@@ -410,12 +479,15 @@ impl Pool {
     fn take(&self) -> Option<(Sender, Duration)> {
         {
             let mut http2 = lock(&self.http2);
-            match http2.as_ref() {
-                Some(sender) if !sender.is_closed() => {
-                    return Some((Sender::Http2(sender.clone()), Duration::ZERO))
-                }
-                Some(_) => *http2 = None,
-                None => {}
+            http2.retain(|shared| !shared.sender.is_closed());
+            if let Some(shared) = http2
+                .iter()
+                .find(|shared| shared.streams.load(Ordering::Relaxed) < H2_STREAMS)
+            {
+                return Some((shared.take(), Duration::ZERO));
+            }
+            if !http2.is_empty() {
+                return None; // every HTTP/2 connection is full: open another
             }
         }
         let now = Instant::now();
@@ -451,8 +523,15 @@ impl Pool {
         });
     }
 
-    fn share_http2(&self, sender: http2::SendRequest<Body>) {
-        *lock(&self.http2) = Some(sender);
+    /// Adds a new HTTP/2 connection to the pool and takes it for the request that opened it.
+    fn share_http2(&self, sender: http2::SendRequest<Body>) -> Sender {
+        let shared = Shared {
+            sender,
+            streams: Arc::new(AtomicUsize::new(0)),
+        };
+        let taken = shared.take();
+        lock(&self.http2).push(shared);
+        taken
     }
 
     /// Ready (so not answering) and handed back longer ago than the idle timeout.
@@ -465,9 +544,15 @@ impl Pool {
         let now = Instant::now();
         lock(&self.http1).retain(|entry| !entry.sender.is_closed() && !self.expired(entry, now));
         let mut http2 = lock(&self.http2);
-        if http2.as_ref().is_some_and(http2::SendRequest::is_closed) {
-            *http2 = None;
-        }
+        http2.retain(|shared| !shared.sender.is_closed());
+        // Connections opened for a burst go once nothing waits on them; one idle one stays.
+        let mut kept_idle = false;
+        http2.retain(|shared| {
+            let idle = shared.streams.load(Ordering::Relaxed) == 0;
+            let keep = !idle || !kept_idle;
+            kept_idle |= idle;
+            keep
+        });
     }
 
     /// Prunes the pool every half idle timeout while it exists (when built inside a runtime),
