@@ -135,6 +135,8 @@ impl Server {
             max_connections: server.max_connections,
             header_read_timeout: server.header_read_timeout,
             idle_timeout: server.idle_timeout,
+            // The answer toward the client is a forwarded body like any other.
+            send_timeout: self.current.load().config.upstream.body_timeout,
             max_header_bytes: server.max_header_bytes,
             http2: server.http2.clone(),
             shutdown_grace: server.shutdown_grace,

@@ -566,3 +566,36 @@ async fn a_second_http2_upstream_connection_opens_when_the_first_has_100_request
     );
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answer_is_disconnected_at_the_body_timeout() {
+    let upstream = TestUpstream::http().await;
+    let stall = Duration::from_millis(800);
+    let gateway = TestGateway::new(&upstream.url)
+        .configure(|c| c.upstream.body_timeout = stall)
+        .start()
+        .await;
+    // The echo upstream answers with the request's body: 32 MiB, more than the socket buffers
+    // of both ends hold, so the gateway's writes block once the client stops reading.
+    let body = vec![b'x'; 32 << 20];
+    let mut client = RawClient::connect(gateway.addr).await;
+    client
+        .send(
+            format!(
+                "POST /public HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+    client.send(&body).await;
+    eventually(
+        "the gateway blocked on the unread answer",
+        Duration::from_secs(10),
+        || async { gateway.sample(&closed("data", "send_timeout")).await == 1.0 },
+    )
+    .await;
+    assert_eq!(gateway.sample("account_gate_requests_in_flight").await, 0.0);
+    assert!(client.closed_within(MARGIN).await);
+    gateway.shutdown().await;
+}

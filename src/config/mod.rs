@@ -167,7 +167,8 @@ pub struct UpstreamConfig {
     /// to `connect_timeout`, then gets `503`. Default 256.
     pub max_connections: usize,
     /// The longest pause in a forwarded body, either way: a client's request body on its way
-    /// up, the upstream's answer on its way down. Default `30s`.
+    /// up, the upstream's answer on its way down, and a client leaving an answer unread (read
+    /// once, at start). Default `30s`.
     pub body_timeout: Duration,
 }
 

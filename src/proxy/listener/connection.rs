@@ -33,6 +33,8 @@ pub enum CloseReason {
     Idle,
     /// Closed at `max_connections`: the idlest one making room, or a newcomer refused with 503.
     Overload,
+    /// The client stopped reading an answer for `upstream.body_timeout`.
+    SendTimeout,
     /// The gateway is shutting down.
     Shutdown,
     /// The client closed it, or asked for it to be closed after an answer.
@@ -43,11 +45,12 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in label order.
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::HeaderTimeout,
         CloseReason::BodyTimeout,
         CloseReason::Idle,
         CloseReason::Overload,
+        CloseReason::SendTimeout,
         CloseReason::Shutdown,
         CloseReason::Client,
         CloseReason::Error,
@@ -60,6 +63,7 @@ impl CloseReason {
             CloseReason::BodyTimeout => "body_timeout",
             CloseReason::Idle => "idle",
             CloseReason::Overload => "overload",
+            CloseReason::SendTimeout => "send_timeout",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Client => "client",
             CloseReason::Error => "error",
@@ -97,6 +101,9 @@ pub(super) struct Tracker {
     /// When the first byte of the next HTTP/1 head arrived on an idle connection, plus one
     /// (zero: none has).
     head_since: AtomicU64,
+    /// When a write to the client last found the socket full, plus one (zero: the last write
+    /// went through).
+    write_blocked_since: AtomicU64,
     /// HTTP/2 frames (pings, window updates) are no request heads.
     http2: AtomicBool,
     /// Why the handler asked to close after an answer, plus one (zero: it did not).
@@ -115,6 +122,7 @@ impl Tracker {
             started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
+            write_blocked_since: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             close_after: AtomicU8::new(0),
             evicted: AtomicBool::new(false),
@@ -163,6 +171,22 @@ impl Tracker {
         }
     }
 
+    /// A write found the client's socket full: the client is not reading.
+    fn write_blocked(&self) {
+        if self.write_blocked_since.load(Relaxed) == 0 {
+            let now = self.millis(Instant::now());
+            self.write_blocked_since
+                .store(now.saturating_add(1), Relaxed);
+        }
+    }
+
+    /// A write went through.
+    fn write_moved(&self) {
+        if self.write_blocked_since.load(Relaxed) != 0 {
+            self.write_blocked_since.store(0, Relaxed);
+        }
+    }
+
     /// The handler asked for the connection to close after an answer, for `reason`.
     pub(super) fn close_after(&self, reason: CloseReason) {
         // Stored plus one: zero means unset.
@@ -206,8 +230,15 @@ impl Tracker {
             );
         }
         if self.in_flight.load(Relaxed) != 0 {
-            // Busy: body timeouts bound what happens now; look again later.
-            return (now + limits.idle, None);
+            // Busy: body timeouts bound what the upstream and the client's body do; what is
+            // left is a client that does not read its answer.
+            return match self.write_blocked_since.load(Relaxed) {
+                0 => (now + limits.idle, None),
+                since => (
+                    self.at(since - 1) + limits.send_stall,
+                    Some(CloseReason::SendTimeout),
+                ),
+            };
         }
         match self.head_since.load(Relaxed) {
             0 => (
@@ -229,13 +260,15 @@ pub(super) struct Deadlines {
     pub header_read: Duration,
     /// No request in flight.
     pub idle: Duration,
+    /// A client that does not take an answer's bytes.
+    pub send_stall: Duration,
 }
 
 /// Completes when the connection has overrun a deadline, with the reason to close it.
 pub(super) async fn watchdog(tracker: &Tracker, limits: Deadlines) -> CloseReason {
     // Requests start and finish without telling the watchdog, so it looks at least this often;
     // a deadline it finds is then exact, since it is never found later than it falls due.
-    let look_every = limits.header_read.min(limits.idle);
+    let look_every = limits.header_read.min(limits.idle).min(limits.send_stall);
     let mut wake = tracker.accepted + look_every;
     loop {
         tokio::time::sleep_until(wake.into()).await;
@@ -256,6 +289,16 @@ pub(super) struct Watched {
 impl Watched {
     pub(super) fn new(stream: TcpStream, tracker: std::sync::Arc<Tracker>) -> Self {
         Watched { stream, tracker }
+    }
+}
+
+impl Watched {
+    fn note_write(&self, blocked: bool) {
+        if blocked {
+            self.tracker.write_blocked();
+        } else {
+            self.tracker.write_moved();
+        }
     }
 }
 
@@ -280,7 +323,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.note_write(polled.is_pending());
+        polled
     }
 
     fn poll_write_vectored(
@@ -288,7 +333,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.note_write(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -46,6 +46,8 @@ pub struct ListenerSettings {
     pub header_read_timeout: Duration,
     /// Time a connection may stay open with no request in flight.
     pub idle_timeout: Duration,
+    /// Time a client may leave an answer's bytes unread before it is disconnected.
+    pub send_timeout: Duration,
     /// Largest request head accepted (431 beyond, for HTTP/1; the header-list limit of HTTP/2).
     pub max_header_bytes: usize,
     /// What one HTTP/2 connection may hold.
@@ -80,6 +82,7 @@ pub async fn serve<H, F>(
     let deadlines = Deadlines {
         header_read: settings.header_read_timeout,
         idle: settings.idle_timeout,
+        send_stall: settings.send_timeout,
     };
     // Every connection task holds a sender; once all are gone, the drain is over.
     let (open_tx, mut all_closed) = mpsc::channel::<()>(1);
