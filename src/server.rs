@@ -207,7 +207,6 @@ fn admin_settings(data: &ListenerSettings) -> ListenerSettings {
     ListenerSettings {
         max_connections: ADMIN_MAX_CONNECTIONS,
         header_read_timeout: data.header_read_timeout.min(ADMIN_HEADER_READ_TIMEOUT),
-        idle_timeout: data.idle_timeout,
         ..data.clone()
     }
 }

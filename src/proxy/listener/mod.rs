@@ -251,9 +251,13 @@ where
             () = tracker.evicted() => CloseReason::Overload,
             () = stopping(&mut shutdown) => {
                 connection.as_mut().graceful_shutdown();
-                match connection.as_mut().await {
-                    Err(_) => CloseReason::Error,
-                    Ok(()) => CloseReason::Shutdown,
+                // In-flight requests finish; a head still trickling in keeps its deadline.
+                tokio::select! {
+                    ended = connection.as_mut() => match ended {
+                        Err(_) => CloseReason::Error,
+                        Ok(()) => CloseReason::Shutdown,
+                    },
+                    reason = connection::watchdog(&tracker, deadlines) => reason,
                 }
             }
         };
