@@ -416,3 +416,51 @@ impl<B: HttpBody + Unpin> HttpBody for InFlight<B> {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_index_their_own_label() {
+        for (i, reason) in CloseReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), i, "{}", reason.as_str());
+            assert_eq!(CloseReason::from_index(i as u8 + 1), Some(reason));
+        }
+        assert_eq!(CloseReason::from_index(0), None);
+    }
+
+    #[test]
+    fn each_phase_has_its_deadline() {
+        let limits = Deadlines {
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            send_stall: Duration::from_secs(30),
+        };
+        let accepted = Instant::now();
+        let tracker = std::sync::Arc::new(Tracker::new(accepted));
+        let now = accepted + Duration::from_secs(1);
+        // Nothing yet: the head is due 10 s after accept, bytes or not.
+        tracker.bytes_read();
+        assert_eq!(
+            tracker.next_deadline(now, &limits),
+            (
+                accepted + limits.header_read,
+                Some(CloseReason::HeaderTimeout)
+            )
+        );
+        // A request in flight: nothing is due.
+        let guard = RequestGuard::new(tracker.clone(), None, false);
+        assert_eq!(tracker.next_deadline(now, &limits).1, None);
+        // Its answer written: idle from then on.
+        drop(guard);
+        let (due, reason) = tracker.next_deadline(now, &limits);
+        assert_eq!(reason, Some(CloseReason::Idle));
+        assert!(due >= accepted + limits.idle);
+        // The next head starts arriving: the header deadline again, from its first byte.
+        tracker.bytes_read();
+        let (due, reason) = tracker.next_deadline(now, &limits);
+        assert_eq!(reason, Some(CloseReason::HeaderTimeout));
+        assert!(due <= Instant::now() + limits.header_read);
+    }
+}
