@@ -170,6 +170,10 @@ impl Server {
         let watcher = reloader.map(|reloader| {
             tokio::spawn(reloader.watch(server.config_poll_interval, stopped(data_stopped)))
         });
+        warn_if_out_of_files(
+            &settings,
+            self.current.load().config.upstream.max_connections,
+        );
         self.health.set_ready();
         tracing::info!(
             listen = %listen,
@@ -198,6 +202,32 @@ impl Server {
         }
         tracing::info!("account-gate stopped");
     }
+}
+
+/// Warns when the connection limits need more file descriptors than the process may open:
+/// past that, accept fails and clients wait in the kernel backlog, where the limits cannot help
+/// them.
+fn warn_if_out_of_files(data: &ListenerSettings, upstream_max: usize) {
+    let Some(limit) = open_files_limit() else {
+        return;
+    };
+    // Listeners, the runtime, the store, logs and refusals in progress.
+    let needed = data.max_connections + ADMIN_MAX_CONNECTIONS + upstream_max + 128;
+    if needed > limit {
+        tracing::warn!(
+            open_files_limit = limit,
+            needed,
+            "server.max_connections + upstream.max_connections exceed the open-files limit \
+             (ulimit -n): raise the limit or lower server.max_connections"
+        );
+    }
+}
+
+/// The soft limit on open files of this process (Linux; `None` elsewhere or unlimited).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// The admin listener's own limits: a probe or a scrape is one small request on a fresh or
