@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
-use crate::proxy::{full_body, Body, UpstreamError};
+use crate::proxy::{full_body, Body, CloseAfter, CloseReason, ConnectError, UpstreamError};
 use crate::scope::PathError;
 use crate::signup::SignupError;
 use crate::validator::Rejection;
@@ -65,6 +65,9 @@ impl GatewayError {
             GatewayError::Upstream(err @ UpstreamError::Timeout(_)) => {
                 (StatusCode::GATEWAY_TIMEOUT, err.code())
             }
+            GatewayError::Upstream(err @ UpstreamError::Connect(ConnectError::Saturated(_))) => {
+                (StatusCode::SERVICE_UNAVAILABLE, err.code())
+            }
             GatewayError::Upstream(err) => (StatusCode::BAD_GATEWAY, err.code()),
             GatewayError::Signup(err) => match err {
                 SignupError::UnsupportedMediaType => {
@@ -72,6 +75,7 @@ impl GatewayError {
                 }
                 SignupError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
                 SignupError::BodyRead => (StatusCode::BAD_REQUEST, "body_unreadable"),
+                SignupError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
                 SignupError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
                 SignupError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             },
@@ -108,6 +112,14 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { allow, .. } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
+            GatewayError::Signup(SignupError::BodyTimeout { .. }) => {
+                // The rest of the body may still be on its way; the connection cannot be
+                // reused (RFC 9110 §15.5.9).
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                response
+                    .extensions_mut()
+                    .insert(CloseAfter(CloseReason::BodyTimeout));
+            }
             GatewayError::Token(Rejection::Unauthorized(_)) => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
@@ -122,6 +134,25 @@ impl GatewayError {
     }
 }
 
+/// The whole HTTP/1.1 answer, head and body, for a client accepted while every connection has
+/// a request in flight: written straight to the socket, before any protocol is spoken.
+pub fn overloaded_http1() -> Vec<u8> {
+    let body = error_body(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "every connection is busy; retry shortly".to_owned(),
+        None,
+    );
+    let mut answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    answer
+}
+
 /// A JSON:API error answer with one error object.
 pub fn json_api_error(status: StatusCode, code: &str, detail: String) -> Response<Body> {
     error_response(status, code, detail, None)
@@ -133,6 +164,18 @@ fn error_response(
     detail: String,
     pointer: Option<&str>,
 ) -> Response<Body> {
+    let body = error_body(status, code, detail, pointer);
+    let mut response = Response::new(full_body(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The JSON:API document of one error.
+fn error_body(status: StatusCode, code: &str, detail: String, pointer: Option<&str>) -> Vec<u8> {
     let status_text = status.as_str().to_owned();
     let doc = ErrorDocument {
         errors: [ErrorObject {
@@ -144,12 +187,5 @@ fn error_response(
         }],
     };
     // Serialising a struct of strings cannot fail; fall back to a fixed body rather than panic.
-    let body = serde_json::to_vec(&doc).unwrap_or_else(|_| b"{\"errors\":[]}".to_vec());
-    let mut response = Response::new(full_body(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    serde_json::to_vec(&doc).unwrap_or_else(|_| b"{\"errors\":[]}".to_vec())
 }

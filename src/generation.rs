@@ -195,6 +195,7 @@ fn signup_settings(config: &Config) -> SignupSettings {
             min_password_length: signup.min_password_length,
         },
         max_body_bytes: config.server.max_body_bytes,
+        body_read_timeout: config.server.body_read_timeout,
         max_response_bytes: signup.max_response_bytes,
     }
 }

@@ -25,11 +25,13 @@
 //!
 //! # The path of a request
 //!
-//! `proxy::serve` accepts a connection (bounded by `max_connections`) and hands each request to
-//! `Gateway::handle`, which removes hop-by-hop, identity and routing-override headers, puts the
-//! target in canonical form (or refuses it), routes it on that form (token endpoint, CORS
-//! preflight, account-scoped), rewrites its headers (`X-Forwarded-*` and `X-Request-Id` in), forwards it through the pooled `Upstream` client and streams the
-//! answer back; an upstream failure becomes a 502/504 answer written by [`answer`].
+//! `proxy::serve` accepts a connection (at `max_connections`, in place of the idlest one), holds
+//! it to its deadlines from accept (head, idle, a client that stops reading) and hands each
+//! request to `Gateway::handle`, which removes hop-by-hop, identity and routing-override
+//! headers, puts the target in canonical form (or refuses it), routes it on that form (token
+//! endpoint, CORS preflight, account-scoped), rewrites its headers (`X-Forwarded-*` and
+//! `X-Request-Id` in), forwards it through the pooled `Upstream` client and streams the answer
+//! back; an upstream failure becomes a 502/504 answer written by [`answer`].
 //!
 //! [`Config`]: config::Config
 

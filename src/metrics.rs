@@ -10,6 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::proxy::CloseReason;
 use crate::signup::{Limit, Mechanism, Outcome};
 use crate::store;
 use crate::validator::Rejection;
@@ -28,6 +29,9 @@ pub const ACCEPTED_REASONS: [&str; 5] = [
     "no_token",
     "learned",
 ];
+
+/// Listeners: the only values the `listener` label takes.
+pub const LISTENERS: [&str; 2] = ["data", "admin"];
 
 /// Latency buckets from 100 µs to 30 s, roughly ×2.5 apart.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -68,6 +72,12 @@ pub struct Metrics {
     pub tokens_revoked_total: IntCounter,
     /// `config_reloads_total{outcome}`: configuration reloads, `success` or `failure`.
     pub config_reloads_total: IntCounterVec,
+    /// `connections_open{listener}`: client connections open now.
+    pub connections_open: IntGaugeVec,
+    /// `connections_closed_total{listener,reason}`: client connections ended, by why.
+    pub connections_closed_total: IntCounterVec,
+    /// `requests_in_flight`: data-plane requests whose answer is not yet fully written.
+    pub requests_in_flight: IntGauge,
     /// Per route class (in [`ROUTES`] order), the handles every request updates, resolved once so
     /// the hot path does no label lookup.
     routes: [RouteHandles; 3],
@@ -176,6 +186,30 @@ impl Metrics {
             Opts::new("config_reloads_total", "Configuration reloads by outcome."),
             &["outcome"],
         )?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new("connections_open", "Client connections open, by listener."),
+            &["listener"],
+        )?;
+        let connections_closed_total = IntCounterVec::new(
+            Opts::new(
+                "connections_closed_total",
+                "Client connections ended, by listener and reason.",
+            ),
+            &["listener", "reason"],
+        )?;
+        let requests_in_flight = IntGauge::new(
+            "requests_in_flight",
+            "Data-plane requests whose answer is not yet fully written.",
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_closed_total.clone()))?;
+        registry.register(Box::new(requests_in_flight.clone()))?;
+        for listener in LISTENERS {
+            connections_open.with_label_values(&[listener]);
+            for reason in CloseReason::ALL {
+                connections_closed_total.with_label_values(&[listener, reason.as_str()]);
+            }
+        }
         registry.register(Box::new(config_reloads_total.clone()))?;
         registry.register(Box::new(token_validations_total.clone()))?;
         registry.register(Box::new(verified_cache_hits_total.clone()))?;
@@ -263,8 +297,24 @@ impl Metrics {
             verified_cache_misses_total,
             tokens_revoked_total,
             config_reloads_total,
+            connections_open,
+            connections_closed_total,
+            requests_in_flight,
             verified_sync: std::sync::Mutex::new(()),
         })
+    }
+
+    /// The handles one listener updates (`listener` is one of [`LISTENERS`]); requests in
+    /// flight are counted on the data listener only, so scrapes do not count themselves.
+    pub fn listener(&self, listener: &'static str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.connections_open.with_label_values(&[listener]),
+            closed: CloseReason::ALL.map(|reason| {
+                self.connections_closed_total
+                    .with_label_values(&[listener, reason.as_str()])
+            }),
+            in_flight: (listener == "data").then(|| self.requests_in_flight.clone()),
+        }
     }
 
     /// Counts one answered request of route class `route` (an index into [`ROUTES`]).
@@ -330,6 +380,24 @@ impl Metrics {
             tracing::error!(%error, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// The connection metrics of one listener, resolved once.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    /// `connections_open{listener}`.
+    pub open: IntGauge,
+    /// `connections_closed_total{listener,reason}`, in [`CloseReason::ALL`] order.
+    closed: [IntCounter; CloseReason::ALL.len()],
+    /// `requests_in_flight`, on the data listener.
+    pub in_flight: Option<IntGauge>,
+}
+
+impl ListenerMetrics {
+    /// Counts one connection closed for `reason`.
+    pub fn closed(&self, reason: CloseReason) {
+        self.closed[reason.index()].inc();
     }
 }
 

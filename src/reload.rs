@@ -196,6 +196,8 @@ fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
         server.listen,
         server.admin_listen,
         server.header_read_timeout,
+        server.idle_timeout,
+        server.http2,
         server.max_header_bytes,
         server.max_connections,
         server.shutdown_delay,

@@ -134,7 +134,11 @@ impl Server {
         let settings = ListenerSettings {
             max_connections: server.max_connections,
             header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            // The answer toward the client is a forwarded body like any other.
+            send_timeout: self.current.load().config.upstream.body_timeout,
             max_header_bytes: server.max_header_bytes,
+            http2: server.http2.clone(),
             shutdown_grace: server.shutdown_grace,
         };
         let (listen, admin_listen) = (self.local_addr(), self.admin_addr());
@@ -146,6 +150,7 @@ impl Server {
         let data_plane = tokio::spawn(proxy::serve(
             self.listener,
             settings.clone(),
+            self.shared.metrics.listener("data"),
             move |request, peer| current.load().gateway.clone().handle(request, peer),
             stopped(data_stopped.clone()),
         ));
@@ -157,16 +162,18 @@ impl Server {
         });
         let admin_plane = tokio::spawn(proxy::serve(
             self.admin_listener,
-            ListenerSettings {
-                max_connections: 64,
-                ..settings
-            },
+            admin_settings(&settings),
+            self.shared.metrics.listener("admin"),
             move |request, _peer| admin.clone().handle(request),
             stopped(admin_stopped),
         ));
         let watcher = reloader.map(|reloader| {
             tokio::spawn(reloader.watch(server.config_poll_interval, stopped(data_stopped)))
         });
+        warn_if_out_of_files(
+            &settings,
+            self.current.load().config.upstream.max_connections,
+        );
         self.health.set_ready();
         tracing::info!(
             listen = %listen,
@@ -196,6 +203,49 @@ impl Server {
         tracing::info!("account-gate stopped");
     }
 }
+
+/// Warns when the connection limits need more file descriptors than the process may open:
+/// past that, accept fails and clients wait in the kernel backlog, where the limits cannot help
+/// them.
+fn warn_if_out_of_files(data: &ListenerSettings, upstream_max: usize) {
+    let Some(limit) = open_files_limit() else {
+        return;
+    };
+    // Listeners, the runtime, the store, logs and refusals in progress.
+    let needed = data.max_connections + ADMIN_MAX_CONNECTIONS + upstream_max + 128;
+    if needed > limit {
+        tracing::warn!(
+            open_files_limit = limit,
+            needed,
+            "server.max_connections + upstream.max_connections exceed the open-files limit \
+             (ulimit -n): raise the limit or lower server.max_connections"
+        );
+    }
+}
+
+/// The soft limit on open files of this process (Linux; `None` elsewhere or unlimited).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// The admin listener's own limits: a probe or a scrape is one small request on a fresh or
+/// kept-alive connection, so it gets few places and short deadlines, and a flood of its port
+/// only ever evicts its own connections (the idlest first), never the probe that just arrived.
+fn admin_settings(data: &ListenerSettings) -> ListenerSettings {
+    ListenerSettings {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        header_read_timeout: data.header_read_timeout.min(ADMIN_HEADER_READ_TIMEOUT),
+        ..data.clone()
+    }
+}
+
+/// Connections the admin listener serves at once (kubelet probes, Prometheus, an operator).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// The admin listener's header deadline, when `server.header_read_timeout` is longer: a probe
+/// sends its head at once, and kubelet's probe timeout defaults to 1 s.
+const ADMIN_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The configured token store.
 fn build_store(config: &Config, metrics: &Metrics) -> Result<Store, StartError> {

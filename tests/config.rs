@@ -474,3 +474,50 @@ token = "off"
     let unknown = errors(text, &[("ACCOUNT_GATE__TOKENS__SIGNATURE__NOPE", "1")]).to_string();
     assert!(unknown.contains("tokens.signature.nope"), "{unknown}");
 }
+
+#[test]
+fn connection_limits_take_defaults_overrides_and_range_checks_like_other_keys() {
+    let defaults = ok(MINIMAL, &[]).config;
+    assert_eq!(defaults.server.body_read_timeout, Duration::from_secs(10));
+    assert_eq!(defaults.server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(defaults.server.http2.max_concurrent_streams, 100);
+    assert_eq!(defaults.upstream.max_connections, 256);
+    assert_eq!(defaults.upstream.body_timeout, Duration::from_secs(30));
+
+    // [server.http2] is a table nested in [server]: set in the file, or by a variable naming
+    // both levels.
+    let text = format!("{MINIMAL}[server.http2]\nmax_concurrent_streams = 20\n");
+    let env = [
+        ("ACCOUNT_GATE__SERVER__HTTP2__KEEP_ALIVE_TIMEOUT", "3s"),
+        ("ACCOUNT_GATE__SERVER__IDLE_TIMEOUT", "15s"),
+    ];
+    let loaded = ok(&text, &env).config;
+    assert_eq!(loaded.server.http2.max_concurrent_streams, 20);
+    assert_eq!(
+        loaded.server.http2.keep_alive_timeout,
+        Duration::from_secs(3)
+    );
+    assert_eq!(loaded.server.idle_timeout, Duration::from_secs(15));
+
+    let text = format!(
+        "{MINIMAL}max_connections = 0\nbody_timeout = \"0s\"\n\
+         [server]\nbody_read_timeout = \"0s\"\n\
+         [server.http2]\nmax_concurrent_streams = 0\ninitial_stream_window_size = 4294967295\nbogus = 1\n"
+    );
+    let errors = errors(&text, &[("ACCOUNT_GATE__SERVER__HTTP2__NOPE", "1")]);
+    let mut keys = keys(&errors);
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "server.body_read_timeout",
+            "server.http2.bogus",
+            "server.http2.initial_stream_window_size",
+            "server.http2.max_concurrent_streams",
+            "server.http2.nope",
+            "upstream.body_timeout",
+            "upstream.max_connections",
+        ],
+        "{errors}"
+    );
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use account_gate::config::{SecretRef, TokenMode};
 use account_gate::emulator::{mint_token, Emulator, EmulatorHandle, EmulatorOptions};
 use common::commerce::{issued, password_data, signup_data, Commerce, ACCOUNT_TOKEN, TOKENS};
-use common::{RunningGateway, TestGateway};
+use common::{sample, RunningGateway, TestGateway};
 use http::{Method, StatusCode};
 
 async fn emulator() -> EmulatorHandle {
@@ -26,16 +26,6 @@ fn secret_file(value: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().expect("temp");
     writeln!(file, "{value}").expect("write");
     file
-}
-
-/// The value of the sample `name` (with its labels, as exported) in a scrape.
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} not exported"))
-        .parse()
-        .expect("number")
 }
 
 #[tokio::test]

@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AdminConfig, Config, LogConfig, LogFormat, RateLimitConfig, SecretRef, ServerConfig,
-    SignupConfig, StoreConfig, TokensConfig, UpstreamConfig,
+    AdminConfig, Config, Http2Config, LogConfig, LogFormat, RateLimitConfig, SecretRef,
+    ServerConfig, SignupConfig, StoreConfig, TokensConfig, UpstreamConfig,
 };
 
 /// The whole file.
@@ -43,6 +43,10 @@ pub(super) struct ServerFile {
     pub admin_listen: SocketAddr,
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub max_connections: usize,
@@ -55,6 +59,7 @@ pub(super) struct ServerFile {
     #[serde(with = "duration")]
     pub config_poll_interval: Duration,
     pub strip_request_headers: Vec<String>,
+    pub http2: Http2File,
 }
 
 impl Default for ServerFile {
@@ -63,6 +68,8 @@ impl Default for ServerFile {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_header_bytes: 16 * 1024,
             max_body_bytes: 64 * 1024,
             max_connections: 10_000,
@@ -72,6 +79,60 @@ impl Default for ServerFile {
             trusted_hops: 0,
             config_poll_interval: Duration::from_secs(5),
             strip_request_headers: super::default_strip_request_headers(),
+            http2: Http2File::default(),
+        }
+    }
+}
+
+/// `[server.http2]`; see [`Http2Config`].
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct Http2File {
+    pub max_concurrent_streams: u32,
+    #[serde(with = "duration")]
+    pub keep_alive_interval: Duration,
+    #[serde(with = "duration")]
+    pub keep_alive_timeout: Duration,
+    pub initial_stream_window_size: u32,
+    pub initial_connection_window_size: u32,
+    pub max_send_buf_size: usize,
+}
+
+impl Default for Http2File {
+    fn default() -> Self {
+        Http2File {
+            max_concurrent_streams: 100,
+            keep_alive_interval: Duration::from_secs(20),
+            keep_alive_timeout: Duration::from_secs(10),
+            initial_stream_window_size: 64 * 1024,
+            initial_connection_window_size: 256 * 1024,
+            max_send_buf_size: 64 * 1024,
+        }
+    }
+}
+
+impl From<Http2File> for Http2Config {
+    fn from(h: Http2File) -> Self {
+        Http2Config {
+            max_concurrent_streams: h.max_concurrent_streams,
+            keep_alive_interval: h.keep_alive_interval,
+            keep_alive_timeout: h.keep_alive_timeout,
+            initial_stream_window_size: h.initial_stream_window_size,
+            initial_connection_window_size: h.initial_connection_window_size,
+            max_send_buf_size: h.max_send_buf_size,
+        }
+    }
+}
+
+impl From<&Http2Config> for Http2File {
+    fn from(h: &Http2Config) -> Self {
+        Http2File {
+            max_concurrent_streams: h.max_concurrent_streams,
+            keep_alive_interval: h.keep_alive_interval,
+            keep_alive_timeout: h.keep_alive_timeout,
+            initial_stream_window_size: h.initial_stream_window_size,
+            initial_connection_window_size: h.initial_connection_window_size,
+            max_send_buf_size: h.max_send_buf_size,
         }
     }
 }
@@ -92,6 +153,9 @@ pub(super) struct UpstreamFile {
     #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    pub max_connections: usize,
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
 }
 
 impl Default for UpstreamFile {
@@ -103,6 +167,8 @@ impl Default for UpstreamFile {
             response_timeout: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(50),
             pool_max_idle_per_host: 64,
+            max_connections: 256,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -154,6 +220,8 @@ impl FileConfig {
                 listen: s.listen,
                 admin_listen: s.admin_listen,
                 header_read_timeout: s.header_read_timeout,
+                body_read_timeout: s.body_read_timeout,
+                idle_timeout: s.idle_timeout,
                 max_header_bytes: s.max_header_bytes,
                 max_body_bytes: s.max_body_bytes,
                 max_connections: s.max_connections,
@@ -163,6 +231,7 @@ impl FileConfig {
                 trusted_hops: s.trusted_hops,
                 config_poll_interval: s.config_poll_interval,
                 strip_request_headers: s.strip_request_headers,
+                http2: s.http2.into(),
             },
             upstream: UpstreamConfig {
                 url,
@@ -171,6 +240,8 @@ impl FileConfig {
                 response_timeout: u.response_timeout,
                 pool_idle_timeout: u.pool_idle_timeout,
                 pool_max_idle_per_host: u.pool_max_idle_per_host,
+                max_connections: u.max_connections,
+                body_timeout: u.body_timeout,
             },
             log: LogConfig {
                 level: log.level,
@@ -197,6 +268,8 @@ impl From<&Config> for FileConfig {
                 listen: s.listen,
                 admin_listen: s.admin_listen,
                 header_read_timeout: s.header_read_timeout,
+                body_read_timeout: s.body_read_timeout,
+                idle_timeout: s.idle_timeout,
                 max_header_bytes: s.max_header_bytes,
                 max_body_bytes: s.max_body_bytes,
                 max_connections: s.max_connections,
@@ -206,6 +279,7 @@ impl From<&Config> for FileConfig {
                 trusted_hops: s.trusted_hops,
                 config_poll_interval: s.config_poll_interval,
                 strip_request_headers: s.strip_request_headers.clone(),
+                http2: (&s.http2).into(),
             },
             upstream: UpstreamFile {
                 url: Some(u.url.to_string()),
@@ -214,6 +288,8 @@ impl From<&Config> for FileConfig {
                 response_timeout: u.response_timeout,
                 pool_idle_timeout: u.pool_idle_timeout,
                 pool_max_idle_per_host: u.pool_max_idle_per_host,
+                max_connections: u.max_connections,
+                body_timeout: u.body_timeout,
             },
             log: LogFile {
                 level: c.log.level.clone(),

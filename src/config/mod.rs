@@ -91,13 +91,23 @@ pub struct ServerConfig {
     /// with it. Default `0.0.0.0:9090`.
     pub admin_listen: SocketAddr,
     /// A client that has not sent its full request head within this is disconnected
-    /// (slowloris protection). Default `10s`.
+    /// (slowloris protection), counted from accept for the first request (so it covers the
+    /// HTTP/1-or-HTTP/2 detection too) and from the first byte of each later HTTP/1 head.
+    /// Default `10s`.
     pub header_read_timeout: Duration,
+    /// The whole body of a request the gateway reads itself (token requests) must arrive within
+    /// this after its head; `408` and the connection closed after. Default `10s`.
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this (HTTP/1 keep-alive, an
+    /// HTTP/2 connection with no open stream). Default `60s`.
+    pub idle_timeout: Duration,
     /// Largest request head accepted; more gets `431`. Default 16 KiB (hyper's floor is 8 KiB).
     pub max_header_bytes: usize,
     /// Largest body of a request the gateway reads itself (sign-up/login). Default 64 KiB.
     pub max_body_bytes: usize,
-    /// Connections served at once; further clients wait in the kernel backlog. Default 10 000.
+    /// Connections served at once. A client beyond it is still accepted: the idlest connection
+    /// is closed for it, or, when every connection has a request in flight, it gets `503`.
+    /// Default 10 000.
     pub max_connections: usize,
     /// After SIGTERM, how long the listener keeps accepting while readiness is already false, so
     /// that Kubernetes can take the pod out of its endpoints first. Default `5s`.
@@ -119,6 +129,26 @@ pub struct ServerConfig {
     /// overrides), which would let a request checked as one route be served as another. Default
     /// [`default_strip_request_headers`]; `[]` turns it off.
     pub strip_request_headers: Vec<String>,
+    /// `[server.http2]`: what one HTTP/2 client connection may hold.
+    pub http2: Http2Config,
+}
+
+/// Limits of HTTP/2 client connections, sized for a sidecar's memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2Config {
+    /// Streams one connection may have open at once. Default 100.
+    pub max_concurrent_streams: u32,
+    /// A connection the client has sent nothing on for this long is pinged. Default `20s`.
+    pub keep_alive_interval: Duration,
+    /// A ping unanswered for this long closes the connection. Default `10s`.
+    pub keep_alive_timeout: Duration,
+    /// Bytes a client may send on one stream before the gateway reads them. Default 64 KiB.
+    pub initial_stream_window_size: u32,
+    /// Bytes a client may send on all streams of a connection before the gateway reads them.
+    /// Default 256 KiB.
+    pub initial_connection_window_size: u32,
+    /// Bytes of answer buffered per stream for a client that reads slowly. Default 64 KiB.
+    pub max_send_buf_size: usize,
 }
 
 /// The default `server.strip_request_headers`.
@@ -151,6 +181,13 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per upstream host. Default `64`.
     pub pool_max_idle_per_host: usize,
+    /// Connections open to the upstream at once; a request finding none free waits for one up
+    /// to `connect_timeout`, then gets `503`. Default 256.
+    pub max_connections: usize,
+    /// The longest pause in a forwarded body, either way: a client's request body on its way
+    /// up, the upstream's answer on its way down, and a client leaving an answer unread (read
+    /// once, at start). Default `30s`.
+    pub body_timeout: Duration,
 }
 
 /// Logging.

@@ -10,7 +10,7 @@ use serde::de::{self, DeserializeOwned, Visitor};
 use toml::{Table, Value};
 
 use super::error::Report;
-use super::file::{AdminFile, LogFile, ServerFile, UpstreamFile};
+use super::file::{AdminFile, Http2File, LogFile, ServerFile, UpstreamFile};
 use super::{RateLimitConfig, SignatureConfig, SignupConfig, StoreConfig, TokensConfig};
 use crate::scope::RouteConfig;
 
@@ -64,7 +64,7 @@ impl Section {
 
 /// Every section of the file, in the order they are rendered.
 pub(super) const SECTIONS: &[Section] = &[
-    Section::of::<ServerFile>("server"),
+    Section::of::<ServerFile>("server").with_children(&[Section::of::<Http2File>("http2")]),
     Section::of::<UpstreamFile>("upstream"),
     Section::of::<LogFile>("log"),
     Section::of::<AdminFile>("admin"),
@@ -276,7 +276,7 @@ mod tests {
             field_names::<AdminFile>(),
             ["token_env", "token_file"].as_slice()
         );
-        assert_eq!(field_names::<ServerFile>().len(), 12);
+        assert_eq!(field_names::<ServerFile>().len(), 15);
     }
 
     #[test]

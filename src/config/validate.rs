@@ -31,6 +31,29 @@ pub(super) fn validate(
         ("server.max_header_bytes", s.max_header_bytes, 8192),
         ("server.max_body_bytes", s.max_body_bytes, 1),
         ("server.max_connections", s.max_connections, 1),
+        ("upstream.max_connections", u.max_connections, 1),
+        (
+            "server.http2.max_concurrent_streams",
+            s.http2.max_concurrent_streams as usize,
+            1,
+        ),
+        // RFC 9113 sets no floor on a stream window, but one smaller than a frame stalls every
+        // body; the connection window cannot be lowered below 65 535 (§6.9.2).
+        (
+            "server.http2.initial_stream_window_size",
+            s.http2.initial_stream_window_size as usize,
+            16 * 1024,
+        ),
+        (
+            "server.http2.initial_connection_window_size",
+            s.http2.initial_connection_window_size as usize,
+            65_535,
+        ),
+        (
+            "server.http2.max_send_buf_size",
+            s.http2.max_send_buf_size,
+            1024,
+        ),
     ] {
         if value < min {
             report.invalid(key, format!("must be at least {min}, got {value}"));
@@ -44,6 +67,28 @@ pub(super) fn validate(
             );
         }
     }
+    // The largest window HTTP/2 can express (RFC 9113 §6.9.1); hyper panics beyond u32.
+    for (key, value, max) in [
+        (
+            "server.http2.initial_stream_window_size",
+            s.http2.initial_stream_window_size as usize,
+            (1 << 31) - 1,
+        ),
+        (
+            "server.http2.initial_connection_window_size",
+            s.http2.initial_connection_window_size as usize,
+            (1 << 31) - 1,
+        ),
+        (
+            "server.http2.max_send_buf_size",
+            s.http2.max_send_buf_size,
+            16 << 20,
+        ),
+    ] {
+        if value > max {
+            report.invalid(key, format!("must be at most {max}, got {value}"));
+        }
+    }
     if s.worker_threads > 1024 {
         report.invalid(
             "server.worker_threads",
@@ -55,12 +100,25 @@ pub(super) fn validate(
     // every connection.
     for (key, value, may_be_zero) in [
         ("server.header_read_timeout", s.header_read_timeout, false),
+        ("server.body_read_timeout", s.body_read_timeout, false),
+        ("server.idle_timeout", s.idle_timeout, false),
+        (
+            "server.http2.keep_alive_interval",
+            s.http2.keep_alive_interval,
+            false,
+        ),
+        (
+            "server.http2.keep_alive_timeout",
+            s.http2.keep_alive_timeout,
+            false,
+        ),
         ("server.shutdown_delay", s.shutdown_delay, true),
         ("server.shutdown_grace", s.shutdown_grace, true),
         ("server.config_poll_interval", s.config_poll_interval, true),
         ("upstream.connect_timeout", u.connect_timeout, false),
         ("upstream.response_timeout", u.response_timeout, false),
         ("upstream.pool_idle_timeout", u.pool_idle_timeout, false),
+        ("upstream.body_timeout", u.body_timeout, false),
     ] {
         if value.is_zero() && !may_be_zero {
             report.invalid(key, "must be greater than 0");

@@ -9,6 +9,7 @@
 
 mod headers;
 mod listener;
+mod stall;
 mod upstream;
 
 use std::convert::Infallible;
@@ -29,8 +30,8 @@ use crate::signup::{Mechanism, Outcome, Signup, SignupError, TeeBody};
 use crate::validator::{Validator, Verdict};
 
 pub use headers::{strip_hop_by_hop, X_REQUEST_ID};
-pub use listener::{serve, ListenerSettings};
-pub use upstream::{Upstream, UpstreamError, UpstreamSetupError};
+pub use listener::{serve, CloseAfter, CloseReason, InFlight, ListenerSettings};
+pub use upstream::{ConnectError, Upstream, UpstreamError, UpstreamSetupError};
 
 /// The error type of every body the gateway sends or forwards.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,11 +45,6 @@ pub fn full_body(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never: Infallible| match never {})
         .boxed_unsync()
-}
-
-/// Wraps a body that streams from a socket into [`Body`].
-fn streamed(body: Incoming) -> Body {
-    body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
 }
 
 /// `Allow` of the token endpoint: token requests, logout and CORS preflights.
@@ -161,6 +157,11 @@ impl Gateway {
             trusted_hops,
             metrics,
         }
+    }
+
+    /// A body streaming from either side, cut if it pauses for `upstream.body_timeout`.
+    fn streamed(&self, body: Incoming) -> Body {
+        stall::Stalled::new(body, self.upstream.body_timeout()).boxed_unsync()
     }
 
     /// Answers one request from `peer`. Never fails: every problem becomes an HTTP answer.
@@ -298,7 +299,7 @@ impl Gateway {
         let response = self
             .forward(parts, full_body(Bytes::new()), peer, request_id, exchange)
             .await?;
-        Ok(response.map(streamed))
+        Ok(response.map(|body| self.streamed(body)))
     }
 
     /// Validates the account token of a request (as the route rules require) and forwards it,
@@ -341,12 +342,12 @@ impl Gateway {
             }
         };
         let response = self
-            .forward(parts, streamed(body), peer, request_id, exchange)
+            .forward(parts, self.streamed(body), peer, request_id, exchange)
             .await?;
         if let Some(unknown) = deferred {
             self.validator.settle(unknown, response.status()).await;
         }
-        Ok(response.map(streamed))
+        Ok(response.map(|body| self.streamed(body)))
     }
 
     /// `DELETE` on the token endpoint: revokes every token of the presented token's member.
@@ -414,9 +415,8 @@ impl Gateway {
             let cap = self.signup.max_response_bytes();
             let learner = self.signup.learner(checked.mechanism);
             return Ok(response.map(|body| {
-                TeeBody::new(body, cap, learner)
-                    .map_err(|e| -> BoxError { Box::new(e) })
-                    .boxed_unsync()
+                let body = stall::Stalled::new(body, self.upstream.body_timeout());
+                TeeBody::new(body, cap, learner).boxed_unsync()
             }));
         }
         let outcome = if status.is_server_error() {
@@ -425,7 +425,7 @@ impl Gateway {
             Outcome::Refused
         };
         self.signup.count(mechanism, outcome);
-        Ok(response.map(streamed))
+        Ok(response.map(|body| self.streamed(body)))
     }
 
     /// Sends a request upstream with its headers rewritten and returns the answer, whose body is

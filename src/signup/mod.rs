@@ -137,6 +137,9 @@ pub enum SignupError {
     /// The client stopped sending, or sent a broken body.
     #[error("the request body could not be read")]
     BodyRead,
+    /// The body was not complete within `server.body_read_timeout` of the head.
+    #[error("the request body was not complete within {} s", after.as_secs_f64())]
+    BodyTimeout { after: Duration },
     /// The body is not a valid token request.
     #[error("{detail}")]
     Invalid {
@@ -209,6 +212,8 @@ pub struct Signup {
     metrics: Arc<Metrics>,
     /// Largest request body read.
     max_body_bytes: usize,
+    /// Time the whole body may take to arrive.
+    body_read_timeout: Duration,
     /// Largest `201` body copied for learning.
     max_response_bytes: usize,
 }
@@ -217,6 +222,7 @@ pub struct Signup {
 pub struct SignupSettings {
     pub policy: SignupPolicy,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
     pub max_response_bytes: usize,
 }
 
@@ -234,6 +240,7 @@ impl Signup {
             store,
             metrics,
             max_body_bytes: settings.max_body_bytes,
+            body_read_timeout: settings.body_read_timeout,
             max_response_bytes: settings.max_response_bytes,
         }
     }
@@ -266,12 +273,19 @@ impl Signup {
         if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
             return Err((None, too_large));
         }
-        let bytes = match Limited::new(body, self.max_body_bytes).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+        // A whole-body deadline, not a per-chunk one: a byte a second must not hold the request
+        // (and its connection) open for as long as the client cares to trickle.
+        let read = Limited::new(body, self.max_body_bytes).collect();
+        let bytes = match tokio::time::timeout(self.body_read_timeout, read).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
                 return Err((None, too_large))
             }
-            Err(_) => return Err((None, SignupError::BodyRead)),
+            Ok(Err(_)) => return Err((None, SignupError::BodyRead)),
+            Err(_) => {
+                let after = self.body_read_timeout;
+                return Err((None, SignupError::BodyTimeout { after }));
+            }
         };
         let checked = check_body(&bytes, &self.policy).map_err(|e| (None, e))?;
         let mechanism = Some(checked.mechanism);

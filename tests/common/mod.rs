@@ -121,6 +121,12 @@ impl RunningGateway {
         String::from_utf8_lossy(&body).into_owned()
     }
 
+    /// The value of one sample of the admin listener's scrape, `name` with its labels as
+    /// exported (`account_gate_connections_open{listener="data"}`).
+    pub async fn sample(&self, name: &str) -> f64 {
+        sample(&self.metrics().await, name)
+    }
+
     /// Sends the shutdown signal without waiting.
     pub fn signal_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -180,6 +186,16 @@ pub async fn get(url: &str) -> (StatusCode, Bytes) {
         }
         Err(_) => (StatusCode::from_u16(599).expect("status"), Bytes::new()),
     }
+}
+
+/// The value of the sample `name` (with its labels, as exported) in a scrape.
+pub fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} not exported"))
+        .parse()
+        .expect("number")
 }
 
 /// The JSON body of an answer.

@@ -152,6 +152,14 @@ impl RawClient {
         }
     }
 
+    /// A client on an already connected stream.
+    pub fn from_stream(stream: TcpStream) -> Self {
+        RawClient {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
     /// Writes `bytes` (errors ignored: the peer may already have given up on us).
     pub async fn send(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;

@@ -4,13 +4,13 @@
 //! Why not hyper-util's pooled client: it serves any number of hosts, so every request hashes a
 //! pool key, locks a map, and spawns a task to hand the connection back once its body is read —
 //! about a sixth of the gateway's own work per proxied request (callgrind, `benches/load`). One
-//! upstream needs one list: a request takes the newest connection that is ready, puts it back
-//! right away (hyper marks it ready again once the answer has been read), and the list is pruned
-//! of closed and long-idle connections as it is walked and by a timer.
+//! upstream needs one list ([`pool`]). At most `upstream.max_connections` are open; a request
+//! that finds none free waits for one up to `connect_timeout`, then gets 503.
 
 use std::io;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
@@ -20,11 +20,14 @@ use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsConnector;
 
 use super::Body;
 use crate::config::UpstreamConfig;
-use crate::sync::lock;
+use pool::{Opening, Pool, Sender};
+
+mod pool;
 
 /// Why a connection to the upstream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,9 @@ pub enum ConnectError {
     /// The HTTP connection could not be set up on the stream.
     #[error("HTTP handshake: {0}")]
     Http(#[source] hyper::Error),
+    /// `upstream.max_connections` were open and none came free within `connect_timeout`.
+    #[error("all {0} upstream connections stayed busy")]
+    Saturated(usize),
 }
 
 /// Why a request could not be forwarded or got no answer. Each maps to 502 or 504.
@@ -61,6 +67,7 @@ impl UpstreamError {
     /// The JSON:API `code` and the `upstream_errors_total{kind}` label.
     pub fn code(&self) -> &'static str {
         match self {
+            UpstreamError::Connect(ConnectError::Saturated(_)) => "overloaded",
             UpstreamError::Connect(_) => "upstream_unreachable",
             UpstreamError::Timeout(_) => "upstream_timeout",
             UpstreamError::Failed(_) => "upstream_failed",
@@ -90,6 +97,8 @@ pub struct Upstream {
     /// `Host` sent upstream: the upstream's own name, which virtual hosting and TLS SNI need.
     host: HeaderValue,
     response_timeout: Duration,
+    /// `upstream.body_timeout`: the longest pause in a forwarded body.
+    body_timeout: Duration,
     /// A pooled HTTP/1.1 connection unused for this long may be closed by the upstream just as
     /// a request goes out on it; a safe request sent on one is kept for a second try.
     replay_after_idle: Duration,
@@ -111,27 +120,9 @@ struct Target {
     connect_timeout: Duration,
 }
 
-/// Open connections not held by a request.
-struct Pool {
-    /// HTTP/1.1 connections, newest last; each is ready again once its last answer was read.
-    http1: Mutex<Vec<Idle>>,
-    /// The HTTP/2 connection, shared by every request, when the upstream negotiated it.
-    http2: Mutex<Option<http2::SendRequest<Body>>>,
-    max_idle: usize,
-    idle_timeout: Duration,
-}
-
-struct Idle {
-    sender: http1::SendRequest<Body>,
-    /// When it was last handed back.
-    since: Instant,
-}
-
-/// A connection taken for one request.
-enum Sender {
-    Http1(http1::SendRequest<Body>),
-    Http2(http2::SendRequest<Body>),
-}
+/// How often a request waiting for a busy pool looks for a connection that came free: hyper
+/// says when a connection closes, not when an answer has been read.
+const SATURATED_POLL: Duration = Duration::from_millis(2);
 
 impl Upstream {
     /// Builds the client for `config`. Connections open on first use.
@@ -161,13 +152,7 @@ impl Upstream {
         } else {
             None
         };
-        let pool = Arc::new(Pool {
-            http1: Mutex::new(Vec::new()),
-            http2: Mutex::new(None),
-            max_idle: config.pool_max_idle_per_host,
-            idle_timeout: config.pool_idle_timeout,
-        });
-        Pool::start_pruning(&pool);
+        let pool = Pool::new(config);
         Ok(Upstream {
             pool,
             target: Target {
@@ -180,8 +165,14 @@ impl Upstream {
             },
             host,
             response_timeout: config.response_timeout,
+            body_timeout: config.body_timeout,
             replay_after_idle: REPLAY_AFTER_IDLE,
         })
+    }
+
+    /// The longest pause allowed in a body forwarded either way (`upstream.body_timeout`).
+    pub fn body_timeout(&self) -> Duration {
+        self.body_timeout
     }
 
     /// Points `request` at the upstream: origin-form target, upstream `Host`, HTTP/1.1 framing
@@ -222,15 +213,17 @@ impl Upstream {
                 Some((sender, idle)) => (sender, false, idle),
                 // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is a 5 KiB future that would
                 // otherwise be part of, and copied with, every request's future.
-                None => (Box::pin(self.connect()).await?, true, Duration::ZERO),
+                None => Box::pin(self.acquire()).await?,
             };
             let replay = (!fresh && !replayed && idle >= self.replay_after_idle)
                 .then(|| safe_copy(&request))
                 .flatten();
             let answer = match sender {
-                Sender::Http2(mut sender) => {
+                Sender::Http2(mut sender, stream) => {
                     *request.uri_mut() = self.absolute(request.uri());
-                    sender.try_send_request(request).await
+                    let answer = sender.try_send_request(request).await;
+                    drop(stream);
+                    answer
                 }
                 Sender::Http1(mut sender) => {
                     if request.uri().scheme().is_some() {
@@ -269,9 +262,44 @@ impl Upstream {
         Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
     }
 
+    /// A connection when the pool has none ready: a new one while fewer than
+    /// `upstream.max_connections` are open, else the first pooled one to come free, waiting at
+    /// most `connect_timeout`. With whether it is new and how long it sat idle.
+    async fn acquire(&self) -> Result<(Sender, bool, Duration), UpstreamError> {
+        let deadline = tokio::time::Instant::now() + self.target.connect_timeout;
+        loop {
+            // An HTTP/2 upstream needs one new connection for a burst, not one per request:
+            // while one is being opened, the others wait for it.
+            let opener = Opening::claim(&self.pool.h2_opening);
+            let h2_opening = opener.is_none() && self.pool.speaks_h2.load(Ordering::Relaxed);
+            if let Some((sender, idle)) = self.pool.take() {
+                return Ok((sender, false, idle));
+            }
+            if !h2_opening {
+                if let Ok(permit) = self.pool.slots.clone().try_acquire_owned() {
+                    return Ok((self.connect(permit).await?, true, Duration::ZERO));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let saturated = ConnectError::Saturated(self.pool.max_connections);
+                return Err(UpstreamError::Connect(saturated));
+            }
+            if h2_opening {
+                tokio::time::sleep(SATURATED_POLL).await;
+                continue;
+            }
+            tokio::select! {
+                permit = self.pool.slots.clone().acquire_owned() => if let Ok(permit) = permit {
+                    return Ok((self.connect(permit).await?, true, Duration::ZERO));
+                },
+                () = tokio::time::sleep(SATURATED_POLL) => {}
+            }
+        }
+    }
+
     /// Opens a connection: TCP, TLS for `https` (HTTP/2 if negotiated), the HTTP handshake, and
-    /// a task driving it.
-    async fn connect(&self) -> Result<Sender, UpstreamError> {
+    /// a task driving it, which holds `permit` until the connection closes.
+    async fn connect(&self, permit: OwnedSemaphorePermit) -> Result<Sender, UpstreamError> {
         let target = &self.target;
         let timeout = target.connect_timeout;
         let connecting = async {
@@ -302,14 +330,14 @@ impl Upstream {
                 .handshake(stream)
                 .await
                 .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
-            tokio::spawn(drive(connection));
-            self.pool.share_http2(sender.clone());
-            return Ok(Sender::Http2(sender));
+            tokio::spawn(drive(connection, permit));
+            self.pool.speaks_h2.store(true, Ordering::Relaxed);
+            return Ok(self.pool.share_http2(sender));
         }
         let (sender, connection) = http1::handshake(stream)
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
-        tokio::spawn(drive(connection));
+        tokio::spawn(drive(connection, permit));
         Ok(Sender::Http1(sender))
     }
 }
@@ -343,99 +371,15 @@ fn origin_form(uri: &Uri) -> Uri {
     Uri::from(path_and_query(uri))
 }
 
-/// Runs one upstream connection until it closes.
-async fn drive<F: std::future::Future<Output = hyper::Result<()>>>(connection: F) {
+/// Runs one upstream connection until it closes, then frees its place.
+async fn drive<F: std::future::Future<Output = hyper::Result<()>>>(
+    connection: F,
+    permit: OwnedSemaphorePermit,
+) {
     if let Err(error) = connection.await {
         tracing::debug!(%error, "upstream connection ended with an error");
     }
-}
-
-impl Pool {
-    /// A connection ready for a request — the shared HTTP/2 one, or the newest ready HTTP/1.1
-    /// one — with how long it sat in the pool since its last answer began (zero for HTTP/2).
-    /// Closed and long-idle connections met on the way are dropped.
-    fn take(&self) -> Option<(Sender, Duration)> {
-        {
-            let mut http2 = lock(&self.http2);
-            match http2.as_ref() {
-                Some(sender) if !sender.is_closed() => {
-                    return Some((Sender::Http2(sender.clone()), Duration::ZERO))
-                }
-                Some(_) => *http2 = None,
-                None => {}
-            }
-        }
-        let now = Instant::now();
-        let mut idle = lock(&self.http1);
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            let entry = &idle[i];
-            if entry.sender.is_closed() || self.expired(entry, now) {
-                idle.remove(i);
-            } else if entry.sender.is_ready() {
-                let entry = idle.remove(i);
-                return Some((Sender::Http1(entry.sender), now.duration_since(entry.since)));
-            }
-        }
-        None
-    }
-
-    /// Hands an HTTP/1.1 connection back as soon as its request is answered; it is ready
-    /// again once the answer's body has been read. Beyond `max_idle`, the oldest goes (it
-    /// closes after its current exchange).
-    fn put(&self, sender: http1::SendRequest<Body>) {
-        if self.max_idle == 0 {
-            return;
-        }
-        let mut idle = lock(&self.http1);
-        if idle.len() >= self.max_idle {
-            idle.remove(0);
-        }
-        idle.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
-    }
-
-    fn share_http2(&self, sender: http2::SendRequest<Body>) {
-        *lock(&self.http2) = Some(sender);
-    }
-
-    /// Ready (so not answering) and handed back longer ago than the idle timeout.
-    fn expired(&self, entry: &Idle, now: Instant) -> bool {
-        now.duration_since(entry.since) >= self.idle_timeout && entry.sender.is_ready()
-    }
-
-    /// Drops closed and expired connections.
-    fn prune(&self) {
-        let now = Instant::now();
-        lock(&self.http1).retain(|entry| !entry.sender.is_closed() && !self.expired(entry, now));
-        let mut http2 = lock(&self.http2);
-        if http2.as_ref().is_some_and(http2::SendRequest::is_closed) {
-            *http2 = None;
-        }
-    }
-
-    /// Prunes the pool every half idle timeout while it exists (when built inside a runtime),
-    /// so idle connections close on time even when no request comes.
-    fn start_pruning(pool: &Arc<Pool>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let weak: Weak<Pool> = Arc::downgrade(pool);
-        let period = (pool.idle_timeout / 2).max(Duration::from_millis(100));
-        runtime.spawn(async move {
-            let mut ticks = tokio::time::interval(period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                ticks.tick().await;
-                let Some(pool) = weak.upgrade() else { return };
-                pool.prune();
-            }
-        });
-    }
+    drop(permit);
 }
 
 /// rustls client settings for the upstream: the system's roots plus `upstream.ca_file`.
@@ -459,6 +403,8 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
+    use crate::sync::lock;
+    use std::time::Instant;
 
     /// Reads one request head (the tests send no bodies); `false` at end of stream.
     async fn read_head(stream: &mut TcpStream) -> bool {
@@ -504,6 +450,8 @@ mod tests {
             response_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_host: 8,
+            max_connections: 16,
+            body_timeout: Duration::from_secs(5),
         };
         let mut upstream = Upstream::new(&config).expect("upstream");
         // Every pooled connection counts as idle long enough.
