@@ -65,6 +65,15 @@ for label, a, b, target in checks:
     verdict = "meets" if r >= target else "MISSES"
     print(f"{label}: {r:.2f}x (target >= {target}x, {verdict}); p99 {p99[0]:.2f} ms vs {p99[1]:.2f} ms")
     results.append({"check": label, "ratio": round(r, 3), "target": target, "p99_ms": p99})
+# With BASE_BIN: this build against another one, same rounds, same machine.
+for label, a, b in [("proxied GET, this build vs base", "gate-issued", "base-issued"),
+                    ("sign-up POST, this build vs base", "gate-signup", "base-signup")]:
+    r = ratio(a, b)
+    if r is not None:
+        per_round = sorted(round(x[a] / x[b], 3) for x in rps_by_round.values() if a in x and b in x)
+        print(f"{label}: {r:.3f}x (rounds {per_round})")
+        results.append({"check": label, "ratio": round(r, 3), "target": None,
+                        "p99_ms": (summary[a]["p99_ms"], summary[b]["p99_ms"])})
 memory = {"idle_rss_mib": int(idle_kib) / 1024, "rss_1000_idle_conns_mib": int(conns_kib) / 1024,
           "startup_to_ready_ms": float(start_ms)}
 print(f"\nidle RSS {memory['idle_rss_mib']:.1f} MiB (target <= 12); with 1000 idle keep-alive "

@@ -5,6 +5,8 @@
 #
 #   benches/load/run.sh                 # 3 rounds of 5 s per target, 32 connections
 #   ROUNDS=5 DURATION=10 CONNS=64 benches/load/run.sh
+#   BASE_BIN=/path/to/older/account-gate benches/load/run.sh   # plus that build's issued-mode
+#                                       # GET and sign-up rows, and this build's ratio to it
 #
 # One nginx serves a static JSON answer as the upstream. In front of it, each on the SAME single
 # core (taskset -c 0): nginx plain proxy_pass (no validation), HAProxy with jwt_verify doing the
@@ -21,6 +23,7 @@ cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-32}
+BASE_BIN=${BASE_BIN:-}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
@@ -129,15 +132,25 @@ for g in issued hs rs; do
   taskset -c "$PROXY_CPU" "$BIN" run --config "$work/$g.toml" 2>"$work/$g.log" & pids+=($!)
   eval "pid_$g=$!"
 done
+if [ -n "$BASE_BIN" ]; then
+  GW_BASE=$(port)
+  gate_config base "$GW_BASE" "$(port)" "[tokens]
+unknown = \"reject\""
+  taskset -c "$PROXY_CPU" "$BASE_BIN" run --config "$work/base.toml" 2>"$work/base.log" & pids+=($!)
+  pid_base=$!
+fi
 
 ACC_PATH=/v2/accounts/$ACCOUNT/addresses
 ready() { for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; echo "port $1 never came up"; exit 1; }
 for p in $UP $NGX $GW_ISSUED $GW_HS $GW_RS; do ready "$p"; done
 [ "$skip_haproxy" = 1 ] || { ready "$HA_HS"; ready "$HA_RS"; }
+[ -z "$BASE_BIN" ] || ready "$GW_BASE"
 
 # Teach the issued-mode gateway its token: a login through it.
-curl -s -o /dev/null -X POST "http://127.0.0.1:$GW_ISSUED/v2/account-members/tokens" \
-  -H 'Content-Type: application/json' -H 'Authorization: Bearer bench' -d "$LOGIN"
+for p in $GW_ISSUED ${GW_BASE:-}; do
+  curl -s -o /dev/null -X POST "http://127.0.0.1:$p/v2/account-members/tokens" \
+    -H 'Content-Type: application/json' -H 'Authorization: Bearer bench' -d "$LOGIN"
+done
 
 # Each target must accept the good token and refuse a tampered one, or the numbers mean nothing.
 check() { # name port token
@@ -154,6 +167,7 @@ check() { # name port token
 check gate-issued "$GW_ISSUED" "$HS_TOKEN"
 check gate-hs256 "$GW_HS" "$HS_TOKEN"
 check gate-rs256 "$GW_RS" "$RS_TOKEN"
+[ -z "$BASE_BIN" ] || check base-issued "$GW_BASE" "$HS_TOKEN"
 [ "$skip_haproxy" = 1 ] || { check haproxy-hs256 "$HA_HS" "$HS_TOKEN"; check haproxy-rs256 "$HA_RS" "$RS_TOKEN"; }
 
 login_lua > "$work/login.lua"
@@ -174,6 +188,10 @@ targets=(
 [ "$skip_haproxy" = 1 ] || targets+=(
   "haproxy-hs256|http://127.0.0.1:$HA_HS$ACC_PATH|$HS_TOKEN||$pid_haproxy"
   "haproxy-rs256|http://127.0.0.1:$HA_RS$ACC_PATH|$RS_TOKEN||$pid_haproxy"
+)
+[ -z "$BASE_BIN" ] || targets+=(
+  "base-issued|http://127.0.0.1:$GW_BASE$ACC_PATH|$HS_TOKEN||$pid_base"
+  "base-signup|http://127.0.0.1:$GW_BASE/v2/account-members/tokens||$work/login.lua|$pid_base"
 )
 # A process's user and system CPU time so far, in clock ticks (fields 14 and 15 of its stat).
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
