@@ -4,7 +4,8 @@
 //!
 //! When `promtool` is installed (Debian: `apt-get install prometheus`), the rules are also checked
 //! with `promtool check rules`, their unit tests run with `promtool test rules`, and every
-//! dashboard query is parsed by promtool; without it those checks are skipped with a note.
+//! dashboard query is parsed by promtool; without it those checks are skipped with a note, except
+//! in CI (`CI=true`), where a missing promtool fails.
 
 mod common;
 
@@ -496,12 +497,18 @@ fn every_alert_has_a_firing_unit_test() {
     }
 }
 
+/// promtool, when installed. In CI (`CI=true`, where `.ci/run` installs it) a missing promtool
+/// fails the test: a check that silently does not run there is no check.
 fn promtool() -> Option<&'static str> {
     let found = Command::new("promtool").arg("--version").output().is_ok();
     if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "promtool is not installed; in CI it must be (Debian: apt-get install prometheus)"
+        );
         eprintln!(
-            "promtool not installed (Debian: apt-get install prometheus): \
-             skipping promtool checks of {RULES_PATH} and {DASHBOARD_PATH}"
+            "SKIPPED: promtool not installed (Debian: apt-get install prometheus): \
+             no promtool checks of {RULES_PATH} and {DASHBOARD_PATH}"
         );
     }
     found.then_some("promtool")
