@@ -94,6 +94,13 @@ impl Admin {
                 if let Some(verifier) = &generation.verifier {
                     self.metrics
                         .sync_verified_cache(verifier.cache_hits(), verifier.cache_misses());
+                    self.metrics
+                        .sync_jwks(verifier.jwks_fetch_errors(), verifier.jwks_last_success());
+                }
+                if let Store::Redis(store) = &*self.store {
+                    self.metrics
+                        .revocation_subscription_up
+                        .set(i64::from(store.is_subscribed()));
                 }
                 let mut response = Response::new(full_body(self.metrics.encode()));
                 response.headers_mut().insert(

@@ -68,6 +68,14 @@ pub struct Metrics {
     pub verified_cache_hits_total: IntCounter,
     /// `verified_cache_misses_total`: signatures actually verified.
     pub verified_cache_misses_total: IntCounter,
+    /// `jwks_fetch_errors_total`: JWKS fetches that failed or brought a refused document.
+    pub jwks_fetch_errors_total: IntCounter,
+    /// `jwks_last_success_timestamp_seconds`: when the JWKS keys were last refreshed (only
+    /// with a `jwks_url`).
+    pub jwks_last_success_timestamp_seconds: IntGauge,
+    /// `revocation_subscription_up`: 1 while revocations from other replicas arrive (the Redis
+    /// store's pub/sub subscription; always 1 for the memory store, which has none to lose).
+    pub revocation_subscription_up: IntGauge,
     /// `tokens_revoked_total`: tokens put on the deny-list (logout, admin API).
     pub tokens_revoked_total: IntCounter,
     /// `config_reloads_total{outcome}`: configuration reloads, `success` or `failure`.
@@ -178,6 +186,19 @@ impl Metrics {
             "verified_cache_misses_total",
             "Token signatures actually verified (verified-token cache misses).",
         )?;
+        let jwks_fetch_errors_total = IntCounter::new(
+            "jwks_fetch_errors_total",
+            "JWKS fetches that failed or whose document was refused (the last good keys stay in use).",
+        )?;
+        let jwks_last_success_timestamp_seconds = IntGauge::new(
+            "jwks_last_success_timestamp_seconds",
+            "Unix time of the last JWKS fetch whose keys were taken.",
+        )?;
+        let revocation_subscription_up = IntGauge::new(
+            "revocation_subscription_up",
+            "1 while revocations published by other replicas are received, 0 while the subscription is lost.",
+        )?;
+        revocation_subscription_up.set(1);
         let tokens_revoked_total = IntCounter::new(
             "tokens_revoked_total",
             "Account tokens revoked (logout, admin API).",
@@ -214,6 +235,9 @@ impl Metrics {
         registry.register(Box::new(token_validations_total.clone()))?;
         registry.register(Box::new(verified_cache_hits_total.clone()))?;
         registry.register(Box::new(verified_cache_misses_total.clone()))?;
+        registry.register(Box::new(jwks_fetch_errors_total.clone()))?;
+        registry.register(Box::new(jwks_last_success_timestamp_seconds.clone()))?;
+        registry.register(Box::new(revocation_subscription_up.clone()))?;
         registry.register(Box::new(tokens_revoked_total.clone()))?;
         registry.register(Box::new(signups_total.clone()))?;
         registry.register(Box::new(tokens_issued_total.clone()))?;
@@ -295,6 +319,9 @@ impl Metrics {
             token_validations_total,
             verified_cache_hits_total,
             verified_cache_misses_total,
+            jwks_fetch_errors_total,
+            jwks_last_success_timestamp_seconds,
+            revocation_subscription_up,
             tokens_revoked_total,
             config_reloads_total,
             connections_open,
@@ -369,6 +396,19 @@ impl Metrics {
             (&self.verified_cache_misses_total, misses),
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
+    /// Brings the JWKS metrics up to the verifier's counts (read at scrape time, like the
+    /// verified-cache counters). The timestamp stays 0 until a JWKS was fetched, and without a
+    /// `jwks_url` (alerts compare it only when it is above 0).
+    pub fn sync_jwks(&self, fetch_errors: u64, last_success: Option<u64>) {
+        let _guard = self.verified_sync.lock();
+        let counter = &self.jwks_fetch_errors_total;
+        counter.inc_by(fetch_errors.saturating_sub(counter.get()));
+        if let Some(at) = last_success.filter(|at| *at > 0) {
+            self.jwks_last_success_timestamp_seconds
+                .set(i64::try_from(at).unwrap_or(i64::MAX));
         }
     }
 

@@ -213,6 +213,12 @@ async fn gateways_ride_out_a_redis_outage_and_recover_without_a_restart() {
     })
     .await;
     assert!(b.metrics().await.contains("account_gate_store_up 0"));
+    wait_until("B reports its revocation subscription lost", || async {
+        b.metrics()
+            .await
+            .contains("account_gate_revocation_subscription_up 0")
+    })
+    .await;
     assert!(store_errors(&b.metrics().await) > errors_before);
     assert!(b
         .metrics()
@@ -251,6 +257,10 @@ async fn gateways_ride_out_a_redis_outage_and_recover_without_a_restart() {
         })
     })
     .await;
+    assert!(b
+        .metrics()
+        .await
+        .contains("account_gate_revocation_subscription_up 1"));
     assert_eq!(logout(&api_a, &token).await.status, StatusCode::NO_CONTENT);
     wait_until("B refuses the logged-out token", || async {
         api_b.scoped_get(&path, &token).await.status == StatusCode::UNAUTHORIZED

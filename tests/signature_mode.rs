@@ -364,3 +364,53 @@ async fn in_either_mode_a_token_no_key_can_verify_is_asked_about_each_time_never
     assert!(matches!(record, Ok(None)), "{record:?}");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn jwks_freshness_and_failures_are_exported() {
+    let upstream = TestUpstream::http().await;
+    let key = TestKey::rsa_a();
+    let jwks = JwksServer::start(&[(&key, "k1")]).await;
+    let gateway = gateway(&upstream, &["RS256"], |c| {
+        c.tokens.signature.jwks_url = Some(jwks.url.clone());
+        c.tokens.signature.jwks_cooldown = Duration::from_millis(1);
+    })
+    .await;
+    let sample = |metrics: &str, name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} not exported"))
+            .parse()
+            .expect("number")
+    };
+    let metrics = gateway.metrics().await;
+    let fetched = sample(&metrics, "account_gate_jwks_last_success_timestamp_seconds");
+    assert!((now() as f64 - fetched).abs() < 60.0, "{fetched}");
+    assert_eq!(
+        sample(&metrics, "account_gate_jwks_fetch_errors_total"),
+        0.0
+    );
+
+    // The identity provider answers 500: an unknown kid makes the gateway ask, the old keys
+    // stay, and the failure is counted.
+    jwks.serve(Serve::Status(StatusCode::INTERNAL_SERVER_ERROR));
+    let unknown = key.token(Some("k-unknown"));
+    eventually(
+        "the failed fetch is counted",
+        Duration::from_secs(5),
+        || async {
+            get(&gateway, "/v2/accounts/account-1", &unknown).await;
+            sample(
+                &gateway.metrics().await,
+                "account_gate_jwks_fetch_errors_total",
+            ) >= 1.0
+        },
+    )
+    .await;
+    let known = key.token(Some("k1"));
+    assert_eq!(
+        get(&gateway, "/v2/accounts/account-1", &known).await.status,
+        StatusCode::OK
+    );
+    gateway.shutdown().await;
+}

@@ -42,6 +42,11 @@ pub(crate) struct JwksSource {
     cooldown: Duration,
     /// HTTP requests made, for tests and metrics.
     fetches: AtomicU64,
+    /// Fetches that failed or brought a document that was refused (`jwks_fetch_errors_total`).
+    failures: AtomicU64,
+    /// Unix seconds of the last fetch whose keys were taken; 0 before the first
+    /// (`jwks_last_success_timestamp_seconds`).
+    last_success: AtomicU64,
 }
 
 impl JwksSource {
@@ -55,6 +60,8 @@ impl JwksSource {
             last_fetch: Mutex::new(None),
             cooldown,
             fetches: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_success: AtomicU64::new(0),
         }
     }
 
@@ -71,6 +78,16 @@ impl JwksSource {
     /// How many HTTP requests have been made.
     pub(crate) fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Fetches that failed or whose document was refused.
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Unix seconds of the last fetch whose keys were taken; 0 before the first.
+    pub(crate) fn last_success(&self) -> u64 {
+        self.last_success.load(Ordering::Relaxed)
     }
 
     /// Fetches now (start-up and the refresh interval), waiting for a fetch in flight first.
@@ -101,6 +118,7 @@ impl JwksSource {
             Ok(body) => body,
             Err(error) => {
                 tracing::warn!(%error, "JWKS fetch failed; keeping the last good keys");
+                self.failures.fetch_add(1, Ordering::Relaxed);
                 return Refresh::Kept;
             }
         };
@@ -108,9 +126,14 @@ impl JwksSource {
             Ok(keys) => keys,
             Err(error) => {
                 tracing::warn!(%error, "JWKS refused; keeping the last good keys");
+                self.failures.fetch_add(1, Ordering::Relaxed);
                 return Refresh::Kept;
             }
         };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_success.store(now, Ordering::Relaxed);
         let kids: Vec<&str> = keys
             .iter()
             .map(|key| key.kid.as_deref().unwrap_or("-"))

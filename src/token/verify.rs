@@ -231,6 +231,17 @@ impl Verifier {
     pub fn jwks_fetches(&self) -> u64 {
         self.inner.jwks.as_ref().map_or(0, JwksSource::fetches)
     }
+
+    /// JWKS fetches that failed or whose document was refused (`jwks_fetch_errors_total`).
+    pub fn jwks_fetch_errors(&self) -> u64 {
+        self.inner.jwks.as_ref().map_or(0, JwksSource::failures)
+    }
+
+    /// Unix seconds of the last JWKS fetch whose keys were taken, when a JWKS is configured
+    /// (0 before the first).
+    pub fn jwks_last_success(&self) -> Option<u64> {
+        self.inner.jwks.as_ref().map(JwksSource::last_success)
+    }
 }
 
 impl Drop for Verifier {
