@@ -375,19 +375,12 @@ async fn jwks_freshness_and_failures_are_exported() {
         c.tokens.signature.jwks_cooldown = Duration::from_millis(1);
     })
     .await;
-    let sample = |metrics: &str, name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{name} not exported"))
-            .parse()
-            .expect("number")
-    };
-    let metrics = gateway.metrics().await;
-    let fetched = sample(&metrics, "account_gate_jwks_last_success_timestamp_seconds");
+    let fetched = gateway
+        .sample("account_gate_jwks_last_success_timestamp_seconds")
+        .await;
     assert!((now() as f64 - fetched).abs() < 60.0, "{fetched}");
     assert_eq!(
-        sample(&metrics, "account_gate_jwks_fetch_errors_total"),
+        gateway.sample("account_gate_jwks_fetch_errors_total").await,
         0.0
     );
 
@@ -400,10 +393,7 @@ async fn jwks_freshness_and_failures_are_exported() {
         Duration::from_secs(5),
         || async {
             get(&gateway, "/v2/accounts/account-1", &unknown).await;
-            sample(
-                &gateway.metrics().await,
-                "account_gate_jwks_fetch_errors_total",
-            ) >= 1.0
+            gateway.sample("account_gate_jwks_fetch_errors_total").await >= 1.0
         },
     )
     .await;
