@@ -1,5 +1,8 @@
 //! account-gate: an authenticating reverse proxy for the Commerce account-management API.
 //!
+//! Why the code is shaped as it is, with the measurements behind each choice, is in
+//! `docs/design.md`.
+//!
 //! # Layout
 //!
 //! - [`config`]: the TOML schema, environment overrides and validation; the internal [`Config`].

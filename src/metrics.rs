@@ -1,6 +1,6 @@
 //! Every metric of the gateway, declared once, on one non-global registry.
 //!
-//! Names and labels are a contract with dashboards and alerts (DESIGN.md, "Metric names"):
+//! Names and labels are a contract with dashboards and alerts (docs/design.md, "Metrics"):
 //! prefix `account_gate_`, units in the name, label values from small fixed sets only.
 
 use std::time::Duration;

@@ -201,7 +201,7 @@ impl Default for TokensConfig {
     }
 }
 
-/// `[tokens] mode` (DESIGN.md, "Validation modes").
+/// `[tokens] mode` (docs/design.md, "Validation modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenMode {

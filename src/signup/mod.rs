@@ -28,7 +28,7 @@ pub use ratelimit::{Limit, RateLimiter, RateLimits};
 pub use request::{check_body, is_json_media_type, looks_like_email, CheckedRequest};
 pub use tee::{Incomplete, TeeBody, TeeSink};
 
-/// The five ways to ask for an account token (DESIGN.md, "The seed contract").
+/// The five ways to ask for an account token (docs/design.md, "Token requests").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mechanism {

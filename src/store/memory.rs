@@ -1,6 +1,6 @@
-//! The in-process backend: right for one replica (DESIGN.md "Scale-out"), built to hold a million
-//! tokens in a sidecar's memory (200–225 bytes resident per record, member index included; `cargo
-//! bench --bench store_memory`).
+//! The in-process backend: right for one replica (docs/design.md, "Scale-out"), built to hold a
+//! million tokens in a sidecar's memory (200–225 bytes resident per record, member index included;
+//! `cargo bench --bench store_memory`).
 //!
 //! # Structure
 //!

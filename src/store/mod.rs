@@ -89,7 +89,7 @@ pub(crate) fn sort_listing(records: &mut [TokenRecord]) {
 }
 
 /// Why a store operation could not be answered. The caller decides what that means for the
-/// request (DESIGN.md: answer from what else it knows, else 503 `store_unavailable`).
+/// request (docs/design.md, "Scale-out": answer from what else it knows, else 503 `store_unavailable`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot be reached or did not answer in time (Redis); never returned by the

@@ -1,5 +1,6 @@
 //! The Redis backend: one registry of issued tokens and one deny-list shared by every replica
-//! (DESIGN.md "Scale-out"), with an in-process L1 in front and revocations fanned out by pub/sub.
+//! (docs/design.md, "Scale-out"), with an in-process L1 in front and revocations fanned out by
+//! pub/sub.
 //!
 //! # Layout
 //!
