@@ -147,9 +147,9 @@ impl CanonicalTarget {
         self.path().get(range.clone()).unwrap_or("")
     }
 
-    /// The same target with the segments at `ranges` spelled as given (same length, differing
-    /// only in ASCII case): how a rule's fixed segments are forwarded in the rule's spelling.
-    pub(crate) fn respell(&self, spellings: &[(Range<usize>, &str)]) -> CanonicalTarget {
+    /// This target with the segments at `ranges` spelled as given (same length, differing only
+    /// in ASCII case): how a rule's fixed segments are forwarded in the rule's spelling.
+    pub(crate) fn respell(self, spellings: &[(Range<usize>, &str)]) -> CanonicalTarget {
         let mut path = self.path().to_owned();
         for (range, spelling) in spellings {
             if path
@@ -163,21 +163,21 @@ impl CanonicalTarget {
             Ok(path_and_query) => CanonicalTarget {
                 path_and_query,
                 rewritten: true,
-                segments: self.segments.clone(),
+                segments: self.segments,
             },
             // Only ASCII letters changed case: still a valid target.
-            Err(_) => self.clone(),
+            Err(_) => self,
         }
     }
 
-    /// The URI to forward: `uri`'s own when nothing was rewritten, else the canonical origin
-    /// form (the upstream client sets the authority it needs).
-    pub fn into_uri(self) -> Option<Uri> {
+    /// The URI to forward when the target was rewritten: the canonical origin form (the
+    /// upstream client sets the authority it needs); `None` when the client's URI stands.
+    pub fn rewritten_uri(&self) -> Option<Uri> {
         if !self.rewritten {
             return None;
         }
         let mut parts = http::uri::Parts::default();
-        parts.path_and_query = Some(self.path_and_query);
+        parts.path_and_query = Some(self.path_and_query.clone());
         Uri::from_parts(parts).ok()
     }
 }
@@ -322,7 +322,7 @@ mod tests {
         let uri: Uri = "http://evil.example/v2/accounts/B?x=1".parse().unwrap();
         let t = CanonicalTarget::parse(&uri).unwrap();
         assert!(t.rewritten());
-        assert_eq!(t.into_uri().unwrap().to_string(), "/v2/accounts/B?x=1");
+        assert_eq!(t.rewritten_uri().unwrap().to_string(), "/v2/accounts/B?x=1");
     }
 
     #[test]

@@ -242,7 +242,7 @@ impl Gateway {
             });
         }
         let route = self.validator.route(request.uri())?;
-        if route.target.rewritten() {
+        if let Some(uri) = route.target.rewritten_uri() {
             // An absolute-form target (and every HTTP/2 request) names the host the client
             // asked for; it is kept as `Host`, which it overrides (RFC 9112 §3.2.2), for
             // `X-Forwarded-Host`.
@@ -251,9 +251,7 @@ impl Gateway {
                     request.headers_mut().insert(header::HOST, host);
                 }
             }
-            if let Some(uri) = route.target.clone().into_uri() {
-                *request.uri_mut() = uri;
-            }
+            *request.uri_mut() = uri;
         }
         let preflight = is_preflight(&method, request.headers());
         match route.kind {
