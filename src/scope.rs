@@ -178,8 +178,9 @@ struct Match<'r> {
 /// "optional" for the rest.
 #[derive(Debug, Clone)]
 pub struct Rules {
-    /// `signup.path`, matched exactly (case-insensitively, one trailing `/` allowed).
-    token_endpoint: Rule,
+    /// `signup.path`, matched exactly (case-insensitively, one trailing `/` allowed); `None`
+    /// for a path that is no pattern (the configuration refuses those).
+    token_endpoint: Option<Rule>,
     rules: Vec<Rule>,
 }
 
@@ -187,10 +188,7 @@ impl Rules {
     /// The defaults for the Commerce API, after `configured`, with the token endpoint at
     /// `token_path` before all: it is the sign-up route, never a `{member_id}`.
     pub fn new(configured: Vec<Rule>, token_path: &str) -> Rules {
-        let token_endpoint = Rule::new(token_path, TokenRequirement::Off).unwrap_or(Rule {
-            segments: Vec::new(),
-            requirement: TokenRequirement::Off,
-        });
+        let token_endpoint = Rule::new(token_path, TokenRequirement::Off).ok();
         let mut rules = configured;
         rules.extend(Self::defaults());
         Rules {
@@ -225,9 +223,11 @@ impl Rules {
                 binding: None,
             });
         }
-        let token_endpoint = (target.segments().len() == self.token_endpoint.segments.len())
-            .then(|| self.token_endpoint.matches(&target))
-            .flatten();
+        let token_endpoint = self
+            .token_endpoint
+            .as_ref()
+            .filter(|endpoint| endpoint.segments.len() == target.segments().len())
+            .and_then(|endpoint| endpoint.matches(&target));
         let (kind, found) = match token_endpoint {
             Some(found) => (RouteKind::TokenEndpoint, found),
             None => match self
@@ -374,6 +374,14 @@ mod tests {
             route(&r, "/v2/accounts/A/private").unwrap().kind,
             RouteKind::Rule(Required)
         );
+    }
+
+    #[test]
+    fn a_token_path_that_is_no_pattern_makes_no_token_endpoint() {
+        // The configuration refuses such a path; were it let through, `/` must not become the
+        // token endpoint.
+        let r = Rules::new(vec![], "no-slash");
+        assert_eq!(route(&r, "/").unwrap().kind, RouteKind::Rule(Optional));
     }
 
     #[test]
