@@ -59,7 +59,7 @@ pub(super) struct ServerFile {
     #[serde(with = "duration")]
     pub config_poll_interval: Duration,
     pub strip_request_headers: Vec<String>,
-    pub http2: Http2File,
+    pub http2: Http2Config,
 }
 
 impl Default for ServerFile {
@@ -79,60 +79,7 @@ impl Default for ServerFile {
             trusted_hops: 0,
             config_poll_interval: Duration::from_secs(5),
             strip_request_headers: super::default_strip_request_headers(),
-            http2: Http2File::default(),
-        }
-    }
-}
-
-/// `[server.http2]`; see [`Http2Config`].
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct Http2File {
-    pub max_concurrent_streams: u32,
-    #[serde(with = "duration")]
-    pub keep_alive_interval: Duration,
-    #[serde(with = "duration")]
-    pub keep_alive_timeout: Duration,
-    pub initial_stream_window_size: u32,
-    pub initial_connection_window_size: u32,
-    pub max_send_buf_size: usize,
-}
-
-impl Default for Http2File {
-    fn default() -> Self {
-        Http2File {
-            max_concurrent_streams: 100,
-            keep_alive_interval: Duration::from_secs(20),
-            keep_alive_timeout: Duration::from_secs(10),
-            initial_stream_window_size: 64 * 1024,
-            initial_connection_window_size: 256 * 1024,
-            max_send_buf_size: 64 * 1024,
-        }
-    }
-}
-
-impl From<Http2File> for Http2Config {
-    fn from(h: Http2File) -> Self {
-        Http2Config {
-            max_concurrent_streams: h.max_concurrent_streams,
-            keep_alive_interval: h.keep_alive_interval,
-            keep_alive_timeout: h.keep_alive_timeout,
-            initial_stream_window_size: h.initial_stream_window_size,
-            initial_connection_window_size: h.initial_connection_window_size,
-            max_send_buf_size: h.max_send_buf_size,
-        }
-    }
-}
-
-impl From<&Http2Config> for Http2File {
-    fn from(h: &Http2Config) -> Self {
-        Http2File {
-            max_concurrent_streams: h.max_concurrent_streams,
-            keep_alive_interval: h.keep_alive_interval,
-            keep_alive_timeout: h.keep_alive_timeout,
-            initial_stream_window_size: h.initial_stream_window_size,
-            initial_connection_window_size: h.initial_connection_window_size,
-            max_send_buf_size: h.max_send_buf_size,
+            http2: Http2Config::default(),
         }
     }
 }
@@ -231,7 +178,7 @@ impl FileConfig {
                 trusted_hops: s.trusted_hops,
                 config_poll_interval: s.config_poll_interval,
                 strip_request_headers: s.strip_request_headers,
-                http2: s.http2.into(),
+                http2: s.http2,
             },
             upstream: UpstreamConfig {
                 url,
@@ -279,7 +226,7 @@ impl From<&Config> for FileConfig {
                 trusted_hops: s.trusted_hops,
                 config_poll_interval: s.config_poll_interval,
                 strip_request_headers: s.strip_request_headers.clone(),
-                http2: (&s.http2).into(),
+                http2: s.http2.clone(),
             },
             upstream: UpstreamFile {
                 url: Some(u.url.to_string()),

@@ -59,8 +59,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use schema::schema_keys;
 pub use secret::{Secret, SecretError, SecretRef};
 pub use sections::{
-    RateLimitConfig, SignatureConfig, SignupConfig, StoreBackend, StoreConfig, TokenMode,
-    TokensConfig, UnknownTokens,
+    Http2Config, RateLimitConfig, SignatureConfig, SignupConfig, StoreBackend, StoreConfig,
+    TokenMode, TokensConfig, UnknownTokens,
 };
 
 /// The whole, validated configuration of one gateway.
@@ -131,24 +131,6 @@ pub struct ServerConfig {
     pub strip_request_headers: Vec<String>,
     /// `[server.http2]`: what one HTTP/2 client connection may hold.
     pub http2: Http2Config,
-}
-
-/// Limits of HTTP/2 client connections, sized for a sidecar's memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Http2Config {
-    /// Streams one connection may have open at once. Default 100.
-    pub max_concurrent_streams: u32,
-    /// A connection the client has sent nothing on for this long is pinged. Default `20s`.
-    pub keep_alive_interval: Duration,
-    /// A ping unanswered for this long closes the connection. Default `10s`.
-    pub keep_alive_timeout: Duration,
-    /// Bytes a client may send on one stream before the gateway reads them. Default 64 KiB.
-    pub initial_stream_window_size: u32,
-    /// Bytes a client may send on all streams of a connection before the gateway reads them.
-    /// Default 256 KiB.
-    pub initial_connection_window_size: u32,
-    /// Bytes of answer buffered per stream for a client that reads slowly. Default 64 KiB.
-    pub max_send_buf_size: usize,
 }
 
 /// The default `server.strip_request_headers`.

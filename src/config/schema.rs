@@ -10,8 +10,10 @@ use serde::de::{self, DeserializeOwned, Visitor};
 use toml::{Table, Value};
 
 use super::error::Report;
-use super::file::{AdminFile, Http2File, LogFile, ServerFile, UpstreamFile};
-use super::{RateLimitConfig, SignatureConfig, SignupConfig, StoreConfig, TokensConfig};
+use super::file::{AdminFile, LogFile, ServerFile, UpstreamFile};
+use super::{
+    Http2Config, RateLimitConfig, SignatureConfig, SignupConfig, StoreConfig, TokensConfig,
+};
 use crate::scope::RouteConfig;
 
 /// One `[section]` of the file, a table nested in one (`[tokens.signature]`), or an array of
@@ -64,7 +66,7 @@ impl Section {
 
 /// Every section of the file, in the order they are rendered.
 pub(super) const SECTIONS: &[Section] = &[
-    Section::of::<ServerFile>("server").with_children(&[Section::of::<Http2File>("http2")]),
+    Section::of::<ServerFile>("server").with_children(&[Section::of::<Http2Config>("http2")]),
     Section::of::<UpstreamFile>("upstream"),
     Section::of::<LogFile>("log"),
     Section::of::<AdminFile>("admin"),

@@ -36,6 +36,40 @@ impl Default for SignupConfig {
     }
 }
 
+/// `[server.http2]`: limits of HTTP/2 client connections, sized for a sidecar's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// Streams one connection may have open at once. Default 100.
+    pub max_concurrent_streams: u32,
+    /// A connection the client has sent nothing on for this long is pinged. Default `20s`.
+    #[serde(with = "super::file::duration")]
+    pub keep_alive_interval: Duration,
+    /// A ping unanswered for this long closes the connection. Default `10s`.
+    #[serde(with = "super::file::duration")]
+    pub keep_alive_timeout: Duration,
+    /// Bytes a client may send on one stream before the gateway reads them. Default 64 KiB.
+    pub initial_stream_window_size: u32,
+    /// Bytes a client may send on all streams of a connection before the gateway reads them.
+    /// Default 256 KiB.
+    pub initial_connection_window_size: u32,
+    /// Bytes of answer buffered per stream for a client that reads slowly. Default 64 KiB.
+    pub max_send_buf_size: usize,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: 100,
+            keep_alive_interval: Duration::from_secs(20),
+            keep_alive_timeout: Duration::from_secs(10),
+            initial_stream_window_size: 64 * 1024,
+            initial_connection_window_size: 256 * 1024,
+            max_send_buf_size: 64 * 1024,
+        }
+    }
+}
+
 /// `[rate_limit]`: token requests allowed per window; 0 turns one limit off.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
