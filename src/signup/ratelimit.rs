@@ -141,8 +141,9 @@ impl RateLimiter {
         }
     }
 
-    /// Keys counted exactly in the current window, per limit (for tests and sizing).
-    pub fn exact_keys(&self) -> [usize; 4] {
+    /// Keys counted exactly in the current window, per limit.
+    #[cfg(test)]
+    fn exact_keys(&self) -> [usize; 4] {
         self.counters
             .each_ref()
             .map(|c| lock(&c.window).counts.len())
