@@ -91,6 +91,7 @@ fn bench(c: &mut Criterion) {
                 account_id: format!("account-{i}"),
                 account_name: None,
                 expires_at: SystemTime::now() + Duration::from_secs(3600),
+                learned: false,
             };
             with_l1.record(record).await.expect("record");
         }

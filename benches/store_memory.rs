@@ -31,6 +31,7 @@ fn record_for(i: u64, fingerprint: Fingerprint, per_member: u64) -> TokenRecord 
         account_id: format!("{i:08x}-1111-4000-8000-{i:012x}"),
         account_name: Some(format!("Account {i}")),
         expires_at: SystemTime::now() + Duration::from_secs(24 * 60 * 60),
+        learned: false,
     }
 }
 

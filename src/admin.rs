@@ -97,6 +97,9 @@ impl Admin {
                     self.metrics
                         .sync_jwks(verifier.jwks_fetch_errors(), verifier.jwks_last_success());
                 }
+                self.metrics
+                    .revocations_held
+                    .set(i64::try_from(self.store.revocations_held()).unwrap_or(i64::MAX));
                 if let Store::Redis(store) = &*self.store {
                     self.metrics
                         .revocation_subscription_up

@@ -209,6 +209,8 @@ fn rate_limits(config: &Config) -> RateLimits {
         signup_per_username: limits.signup_per_username,
         login_per_ip: limits.login_per_ip,
         login_per_username: limits.login_per_username,
+        logout_per_ip: limits.logout_per_ip,
+        logout_per_member: limits.logout_per_member,
         max_keys: limits.max_keys,
     }
 }

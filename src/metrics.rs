@@ -78,6 +78,9 @@ pub struct Metrics {
     pub revocation_subscription_up: IntGauge,
     /// `tokens_revoked_total`: tokens put on the deny-list (logout, admin API).
     pub tokens_revoked_total: IntCounter,
+    /// `revocations_held`: deny entries held in this process (tokens, and members whose
+    /// revocations were folded into one), set at each scrape.
+    pub revocations_held: IntGauge,
     /// `config_reloads_total{outcome}`: configuration reloads, `success` or `failure`.
     pub config_reloads_total: IntCounterVec,
     /// `connections_open{listener}`: client connections open now.
@@ -199,6 +202,10 @@ impl Metrics {
             "1 while revocations published by other replicas are received, 0 while the subscription is lost.",
         )?;
         revocation_subscription_up.set(1);
+        let revocations_held = IntGauge::new(
+            "revocations_held",
+            "Revocations held in this process: revoked tokens not yet expired, plus members whose revocations were folded into one.",
+        )?;
         let tokens_revoked_total = IntCounter::new(
             "tokens_revoked_total",
             "Account tokens revoked (logout, admin API).",
@@ -238,6 +245,7 @@ impl Metrics {
         registry.register(Box::new(jwks_fetch_errors_total.clone()))?;
         registry.register(Box::new(jwks_last_success_timestamp_seconds.clone()))?;
         registry.register(Box::new(revocation_subscription_up.clone()))?;
+        registry.register(Box::new(revocations_held.clone()))?;
         registry.register(Box::new(tokens_revoked_total.clone()))?;
         registry.register(Box::new(signups_total.clone()))?;
         registry.register(Box::new(tokens_issued_total.clone()))?;
@@ -322,6 +330,7 @@ impl Metrics {
             jwks_fetch_errors_total,
             jwks_last_success_timestamp_seconds,
             revocation_subscription_up,
+            revocations_held,
             tokens_revoked_total,
             config_reloads_total,
             connections_open,

@@ -257,6 +257,7 @@ fn build_store(config: &Config, metrics: &Metrics) -> Result<Store, StartError> 
     if store.backend == StoreBackend::Memory {
         return Ok(Store::Memory(MemoryStore::new(MemoryStoreOptions {
             revoked_grace,
+            max_revoked_per_member: store.max_revoked_per_member,
             ..MemoryStoreOptions::with_max_entries(store.max_entries)
         })));
     }
@@ -272,6 +273,7 @@ fn build_store(config: &Config, metrics: &Metrics) -> Result<Store, StartError> 
         l1_ttl: store.l1_ttl,
         l1_max_entries: store.l1_max_entries,
         revoked_grace,
+        max_revoked_per_member: store.max_revoked_per_member,
         errors: Some(metrics.store_errors_total.clone()),
     })?;
     Ok(Store::Redis(redis))

@@ -37,6 +37,7 @@ fn record(token: &str, member: &str, account: &str, ttl: Duration) -> TokenRecor
                     .unwrap()
                     .as_millis() as u64,
             ),
+        learned: false,
     }
 }
 
@@ -67,8 +68,14 @@ async fn contract(redis: &TestRedis, cluster: bool) {
     assert_eq!(b.lookup(&Fingerprint::of("nope")).await.unwrap(), None);
 
     // Revocation on A reaches B's L1 and its event stream.
-    assert!(a.revoke(&r1.fingerprint, r1.expires_at).await.unwrap());
-    assert!(!a.revoke(&r1.fingerprint, r1.expires_at).await.unwrap()); // already
+    assert!(a
+        .revoke(&r1.fingerprint, r1.expires_at, None)
+        .await
+        .unwrap());
+    assert!(!a
+        .revoke(&r1.fingerprint, r1.expires_at, None)
+        .await
+        .unwrap()); // already
     let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
         .await
         .expect("event in time")
@@ -83,7 +90,7 @@ async fn contract(redis: &TestRedis, cluster: bool) {
 
     // A token never recorded (signature mode) can be revoked too.
     let sig = Fingerprint::of("signed-only");
-    assert!(b.revoke(&sig, SystemTime::now() + DAY).await.unwrap());
+    assert!(b.revoke(&sig, SystemTime::now() + DAY, None).await.unwrap());
     assert!(a.is_revoked(&sig).await.unwrap());
 
     // Logout of a member: every token, on every replica.

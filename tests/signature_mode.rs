@@ -317,6 +317,7 @@ async fn both_mode_needs_an_issued_and_signed_token_and_revocation_beats_the_sig
             account_id: "account-1".into(),
             account_name: None,
             expires_at: std::time::SystemTime::now() + Duration::from_secs(3600),
+            learned: false,
         })
         .await
         .expect("record");

@@ -30,6 +30,7 @@ fn record(token: &str, member: &str, account: &str, ttl: Duration) -> TokenRecor
         account_id: account.to_owned(),
         account_name: Some(format!("{account} name")),
         expires_at: SystemTime::now() + ttl,
+        learned: false,
     }
 }
 
@@ -127,9 +128,15 @@ async fn revoking_one_token_leaves_the_members_others() {
     store.record(a.clone()).await.unwrap();
     store.record(b.clone()).await.unwrap();
 
-    assert!(store.revoke(&a.fingerprint, a.expires_at).await.unwrap());
+    assert!(store
+        .revoke(&a.fingerprint, a.expires_at, None)
+        .await
+        .unwrap());
     assert!(
-        !store.revoke(&a.fingerprint, a.expires_at).await.unwrap(),
+        !store
+            .revoke(&a.fingerprint, a.expires_at, None)
+            .await
+            .unwrap(),
         "second revoke is not new"
     );
 
@@ -189,9 +196,9 @@ async fn a_never_recorded_fingerprint_can_be_denied() {
     let store = store(100);
     let fp = Fingerprint::of("signed-elsewhere");
     let exp = SystemTime::now() + DAY;
-    assert!(store.revoke(&fp, exp).await.unwrap());
+    assert!(store.revoke(&fp, exp, None).await.unwrap());
     assert!(store.is_revoked(&fp).await.unwrap());
-    assert!(!store.revoke(&fp, exp).await.unwrap());
+    assert!(!store.revoke(&fp, exp, None).await.unwrap());
 
     store
         .record(record("signed-elsewhere", "m", "a", DAY))
@@ -202,7 +209,7 @@ async fn a_never_recorded_fingerprint_can_be_denied() {
     // A token that expired longer ago than the grace needs no deny entry.
     let expired = Fingerprint::of("expired");
     let past = SystemTime::now() - Duration::from_secs(3600);
-    assert!(!store.revoke(&expired, past).await.unwrap());
+    assert!(!store.revoke(&expired, past, None).await.unwrap());
     assert!(!store.is_revoked(&expired).await.unwrap());
 }
 
@@ -214,7 +221,7 @@ async fn entries_disappear_at_expiry_from_lookup_and_list_member() {
     store.record(short.clone()).await.unwrap();
     store.record(long.clone()).await.unwrap();
     let denied = Fingerprint::of("denied-briefly");
-    store.revoke(&denied, short.expires_at).await.unwrap();
+    store.revoke(&denied, short.expires_at, None).await.unwrap();
 
     assert_eq!(store.list_member("m").await.unwrap().len(), 2);
     assert!(store.is_revoked(&denied).await.unwrap());
@@ -255,7 +262,7 @@ async fn a_deny_entry_outlives_its_token_by_the_grace() {
     .into();
     let fp = Fingerprint::of("leeway");
     let expires_at = SystemTime::now() + Duration::from_millis(300);
-    assert!(store.revoke(&fp, expires_at).await.unwrap());
+    assert!(store.revoke(&fp, expires_at, None).await.unwrap());
 
     eventually(Duration::from_secs(3), "deny entry ends", || async {
         !store.is_revoked(&fp).await.unwrap()
@@ -391,7 +398,7 @@ async fn a_record_racing_a_revoke_never_resurrects_the_token() {
         let exp = r.expires_at;
         let (s1, s2) = (std::sync::Arc::clone(&store), std::sync::Arc::clone(&store));
         let recording = tokio::spawn(async move { s1.record(r).await });
-        let revoking = tokio::spawn(async move { s2.revoke(&fp, exp).await });
+        let revoking = tokio::spawn(async move { s2.revoke(&fp, exp, None).await });
         recording.await.unwrap().unwrap();
         assert!(revoking.await.unwrap().unwrap());
         assert_eq!(store.lookup(&fp).await.unwrap(), None, "iteration {i}");

@@ -378,6 +378,7 @@ async fn gateway_knowing_a_token() -> (TestUpstream, RunningGateway, String) {
             account_id: "account-a".into(),
             account_name: None,
             expires_at: std::time::SystemTime::now() + Duration::from_secs(3600),
+            learned: false,
         })
         .await
         .expect("record");

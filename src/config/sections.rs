@@ -85,6 +85,10 @@ pub struct RateLimitConfig {
     pub login_per_ip: u32,
     /// Logins per username per window. Default 10.
     pub login_per_username: u32,
+    /// Logouts per client IP per window. Default 100.
+    pub logout_per_ip: u32,
+    /// Logouts per account member per window. Default 10.
+    pub logout_per_member: u32,
     /// Distinct clients (or usernames) counted exactly per limit and window, about 20 bytes
     /// each; beyond, a fixed-size estimator counts them, which may over-count. Default 100 000.
     pub max_keys: usize,
@@ -98,6 +102,8 @@ impl Default for RateLimitConfig {
             signup_per_username: 10,
             login_per_ip: 100,
             login_per_username: 10,
+            logout_per_ip: 100,
+            logout_per_member: 10,
             max_keys: 100_000,
         }
     }
@@ -139,6 +145,10 @@ pub struct StoreConfig {
     pub l1_ttl: Duration,
     /// Most fingerprints held in the L1 cache. Default 100 000.
     pub l1_max_entries: u64,
+    /// Revocations one account member holds one by one; past it, the member's tokens issued
+    /// until then are revoked together (one entry). The deny-list's only bound: no member can
+    /// push out another's revocation. Default 32.
+    pub max_revoked_per_member: usize,
 }
 
 impl StoreConfig {
@@ -167,6 +177,7 @@ impl Default for StoreConfig {
             key_prefix: "account-gate:".to_owned(),
             l1_ttl: Duration::from_secs(5),
             l1_max_entries: 100_000,
+            max_revoked_per_member: 32,
         }
     }
 }

@@ -12,6 +12,8 @@ const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest `l1_ttl`: a replica cut off from the revocation channel may accept a revoked token
 /// for this long, so it must stay short.
 const MAX_L1_TTL: Duration = Duration::from_secs(60);
+/// Most `max_revoked_per_member`: one member's entries are searched in a list.
+const MAX_REVOKED_PER_MEMBER: usize = 10_000;
 /// Most Redis connections per replica.
 const MAX_POOL_SIZE: usize = 64;
 
@@ -40,6 +42,12 @@ pub(super) fn validate_store(
         report.invalid(
             "store.l1_ttl",
             "must be at most 60s (0s turns the L1 cache off)",
+        );
+    }
+    if store.max_revoked_per_member == 0 || store.max_revoked_per_member > MAX_REVOKED_PER_MEMBER {
+        report.invalid(
+            "store.max_revoked_per_member",
+            format!("must be between 1 and {MAX_REVOKED_PER_MEMBER}"),
         );
     }
     if store.l1_max_entries == 0 {

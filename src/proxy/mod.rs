@@ -262,7 +262,7 @@ impl Gateway {
                         self.token_request(request, peer, client, request_id, exchange)
                             .await
                     }
-                    Method::DELETE => self.logout(request, exchange).await,
+                    Method::DELETE => self.logout(request, client, exchange).await,
                     _ if preflight => self.preflight(request, peer, request_id, exchange).await,
                     method => Err(GatewayError::MethodNotAllowed {
                         method,
@@ -348,21 +348,24 @@ impl Gateway {
         Ok(response.map(|body| self.streamed(body)))
     }
 
-    /// `DELETE` on the token endpoint: revokes every token of the presented token's member.
+    /// `DELETE` on the token endpoint: revokes every token of the presented token's member, or
+    /// only the presented token when nobody here can vouch for it. Rate-limited per client
+    /// before the token is looked at and per member after: each logout leaves deny entries.
     async fn logout(
         &self,
         request: Request<Incoming>,
+        client: IpAddr,
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, GatewayError> {
-        let identity = self.validator.check_token(request.headers()).await?;
+        self.signup.admit_logout(client, None)?;
+        let logout = self.validator.check_logout(request.headers()).await?;
+        if let Some(member) = logout.member() {
+            self.signup.admit_logout(client, Some(member))?;
+        }
         exchange.outcome = "answered";
         exchange.reason = "logout";
-        let revoked = self.validator.revoke(&identity).await?;
-        tracing::info!(
-            member = identity.member_id.as_deref().unwrap_or("-"),
-            revoked,
-            "logout"
-        );
+        let revoked = self.validator.revoke(&logout).await?;
+        tracing::info!(member = logout.member().unwrap_or("-"), revoked, "logout");
         let mut response = Response::new(full_body(Bytes::new()));
         *response.status_mut() = StatusCode::NO_CONTENT;
         Ok(response)

@@ -72,6 +72,7 @@ pub fn records(body: &[u8]) -> Result<Vec<TokenRecord>, LearnError> {
                 account_id: entry.account_id,
                 account_name: entry.account_name,
                 expires_at,
+                learned: false,
             })
         })
         .collect()

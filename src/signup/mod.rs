@@ -320,6 +320,19 @@ impl Signup {
         self.metrics.count_signup(mechanism, outcome);
     }
 
+    /// Counts a logout from `client` against its limit, and `member`'s once the token names one
+    /// (a refusal is counted in `rate_limited_total`).
+    pub fn admit_logout(&self, client: IpAddr, member: Option<&str>) -> Result<(), SignupError> {
+        let checked = match member {
+            None => self.limiter.check_logout_ip(client),
+            Some(member) => self.limiter.check_logout_member(member),
+        };
+        checked.map_err(|(limit, retry_after)| {
+            self.count_rate_limited(limit);
+            SignupError::RateLimited { limit, retry_after }
+        })
+    }
+
     /// Counts a request refused by a rate limit.
     pub fn count_rate_limited(&self, limit: Limit) {
         self.metrics

@@ -28,15 +28,19 @@ pub enum Limit {
     SignupUsername,
     LoginIp,
     LoginUsername,
+    LogoutIp,
+    LogoutMember,
 }
 
 impl Limit {
     /// Every limit, for pre-initialising metric labels.
-    pub const ALL: [Limit; 4] = [
+    pub const ALL: [Limit; 6] = [
         Limit::SignupIp,
         Limit::SignupUsername,
         Limit::LoginIp,
         Limit::LoginUsername,
+        Limit::LogoutIp,
+        Limit::LogoutMember,
     ];
 
     /// The metric label value.
@@ -46,6 +50,8 @@ impl Limit {
             Limit::SignupUsername => "signup_username",
             Limit::LoginIp => "login_ip",
             Limit::LoginUsername => "login_username",
+            Limit::LogoutIp => "logout_ip",
+            Limit::LogoutMember => "logout_member",
         }
     }
 }
@@ -58,6 +64,9 @@ pub struct RateLimits {
     pub signup_per_username: u32,
     pub login_per_ip: u32,
     pub login_per_username: u32,
+    /// Logouts per client IP: each may leave a deny entry behind, so they are bounded too.
+    pub logout_per_ip: u32,
+    pub logout_per_member: u32,
     /// Distinct keys counted exactly per limit and window.
     pub max_keys: usize,
 }
@@ -70,6 +79,8 @@ impl Default for RateLimits {
             signup_per_username: 10,
             login_per_ip: 100,
             login_per_username: 10,
+            logout_per_ip: 100,
+            logout_per_member: 10,
             max_keys: 100_000,
         }
     }
@@ -78,7 +89,7 @@ impl Default for RateLimits {
 /// The limiter: one counter per limit.
 pub struct RateLimiter {
     limits: RateLimits,
-    counters: [Counter; 4],
+    counters: [Counter; 6],
     /// Hashes IP keys (usernames are SHA-256 already) so that clients cannot aim at one bucket.
     hasher: std::collections::hash_map::RandomState,
 }
@@ -88,7 +99,7 @@ impl RateLimiter {
     pub fn new(limits: RateLimits) -> Self {
         let counter = || Counter::new(limits.window, limits.max_keys);
         RateLimiter {
-            counters: [counter(), counter(), counter(), counter()],
+            counters: std::array::from_fn(|_| counter()),
             limits,
             hasher: Default::default(),
         }
@@ -114,12 +125,25 @@ impl RateLimiter {
             // Usernames are e-mail addresses: hashed so they never sit in memory in clear,
             // trimmed and case-folded so `Joe@x.com`, `joe@x.com` and ` joe@x.com ` (which an
             // upstream may well treat as one user) share a budget.
-            let digest = Sha256::digest(username.trim().to_lowercase().as_bytes());
-            let mut key = [0u8; 8];
-            key.copy_from_slice(&digest[..8]);
-            self.observe(user_limit, u64::from_le_bytes(key))?;
+            self.observe(user_limit, digest_key(&username.trim().to_lowercase()))?;
         }
         Ok(())
+    }
+
+    /// Counts one logout from `ip`, before its token is looked at.
+    pub fn check_logout_ip(&self, ip: IpAddr) -> Result<(), (Limit, Duration)> {
+        if self.allowed(Limit::LogoutIp) == 0 {
+            return Ok(());
+        }
+        self.observe(Limit::LogoutIp, self.hasher.hash_one(client_key(ip)))
+    }
+
+    /// Counts one logout of `member` (a validated token's).
+    pub fn check_logout_member(&self, member: &str) -> Result<(), (Limit, Duration)> {
+        if self.allowed(Limit::LogoutMember) == 0 {
+            return Ok(());
+        }
+        self.observe(Limit::LogoutMember, digest_key(member))
     }
 
     /// Requests allowed per window under `limit`; 0 is no limit.
@@ -129,6 +153,8 @@ impl RateLimiter {
             Limit::SignupUsername => self.limits.signup_per_username,
             Limit::LoginIp => self.limits.login_per_ip,
             Limit::LoginUsername => self.limits.login_per_username,
+            Limit::LogoutIp => self.limits.logout_per_ip,
+            Limit::LogoutMember => self.limits.logout_per_member,
         }
     }
 
@@ -143,11 +169,19 @@ impl RateLimiter {
 
     /// Keys counted exactly in the current window, per limit.
     #[cfg(test)]
-    fn exact_keys(&self) -> [usize; 4] {
+    fn exact_keys(&self) -> [usize; 6] {
         self.counters
             .each_ref()
             .map(|c| lock(&c.window).counts.len())
     }
+}
+
+/// A key no client can aim at a bucket with: the first 8 bytes of SHA-256.
+fn digest_key(text: &str) -> u64 {
+    let digest = Sha256::digest(text.as_bytes());
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(key)
 }
 
 /// What a client is counted as: its IPv4 address, or the /64 of its IPv6 address (one host

@@ -10,11 +10,11 @@
 //!   as it was written.
 //! - `members`: member id → fingerprints of its records (`members.rs`), for `list_member` and
 //!   `revoke_member`.
-//! - `revoked`: the deny-list, fingerprint → the instant its entry ends (`revoked_grace` after the
-//!   token's expiry, so a validator's `exp` leeway cannot reopen the window), bounded by
-//!   `max_revoked`.
+//! - `revoked`: the deny-list ([`DenyList`]), fingerprint → the instant its entry ends
+//!   (`revoked_grace` after the token's expiry, so a validator's `exp` leeway cannot reopen the
+//!   window), bounded per member, never evicted.
 //!
-//! Records and deny entries live in fingerprint-striped tables (`table.rs`): up to 64 mutexes,
+//! Records live in fingerprint-striped tables (`table.rs`): up to 64 mutexes,
 //! each over a dense vector with a hash index of positions (`slab.rs`), each stripe holding its
 //! exact share of the bound, so the bound holds for the store as a whole. The price: fingerprints
 //! do not spread perfectly evenly, so the fullest stripes start evicting a little before the whole
@@ -30,9 +30,7 @@
 //! random sample of 8 — a dead one if the sample holds one — so a fresh sign-up is always
 //! admitted. Among live records the least recently used goes (each record keeps the time of its
 //! last record or lookup; ties by soonest expiry): a member who keeps using a token keeps it
-//! while a flood of sign-ups fills the store. Among live deny entries the soonest-expiring goes;
-//! one evicted before its time is logged as a warning — that token could be accepted again, so
-//! `max_revoked` must be sized for the revocation rate.
+//! while a flood of sign-ups fills the store. Evicting a record never touches the deny-list.
 //!
 //! # Races
 //!
@@ -44,8 +42,9 @@
 //! index changes in the same critical sections as the records, so it is exact: a fingerprint is
 //! indexed under a member exactly while its record (alive or not yet swept) names that member.
 //!
-//! Lock order: record stripe → deny stripe, record stripe → member stripe; nothing is locked while
-//! a deny or member stripe is held, and no two stripes of one table are ever held together.
+//! Lock order: record stripe → deny-list, record stripe → member stripe; nothing is locked while
+//! the deny-list or a member stripe is held, and no two stripes of one table are ever held
+//! together.
 //! `list_member` and `revoke_member` copy a member's fingerprints, release its stripe, then visit
 //! each record under its own lock.
 
@@ -60,13 +59,16 @@ use std::time::{Duration, SystemTime};
 use self::codec::IdRef;
 use self::members::MemberIndex;
 use self::table::{instant, nanos, Entry, Sharded};
-use super::{Fingerprint, StoreError, TokenRecord, TokenStore};
+use super::{DenyList, Fingerprint, StoreError, TokenRecord, TokenStore};
 
 /// The backend's name in metrics labels and logs.
 pub(crate) const BACKEND: &str = "memory";
 
 /// Default [`MemoryStoreOptions::revoked_grace`]: above any sensible clock-skew leeway.
 const DEFAULT_REVOKED_GRACE: Duration = Duration::from_secs(5 * 60);
+
+/// Default [`MemoryStoreOptions::max_revoked_per_member`].
+pub const DEFAULT_MAX_REVOKED_PER_MEMBER: usize = 32;
 
 /// Bounds of a [`MemoryStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,8 +78,9 @@ pub struct MemoryStoreOptions {
     /// resident, member index included, with UUID ids and a short account name (`cargo bench
     /// --bench store_memory`): about 200 MiB at the default.
     pub max_entries: u64,
-    /// Most deny-list entries kept (revoked, not yet expired tokens). Default = `max_entries`.
-    pub max_revoked: u64,
+    /// Most deny-list entries one member holds before their revocations fold into one watermark
+    /// (`store.max_revoked_per_member`, see [`DenyList`]). Default 32.
+    pub max_revoked_per_member: usize,
     /// How long a deny entry outlives its token's expiry. A validator that accepts a token for a
     /// `leeway` past its `exp` must not see the deny entry go first, so this must be at least the
     /// configured `tokens.leeway`. Default 5 minutes.
@@ -85,11 +88,11 @@ pub struct MemoryStoreOptions {
 }
 
 impl MemoryStoreOptions {
-    /// Both bounds at `max_entries`.
+    /// At most `max_entries` records, the other bounds at their defaults.
     pub fn with_max_entries(max_entries: u64) -> Self {
         Self {
             max_entries,
-            max_revoked: max_entries,
+            max_revoked_per_member: DEFAULT_MAX_REVOKED_PER_MEMBER,
             revoked_grace: DEFAULT_REVOKED_GRACE,
         }
     }
@@ -110,8 +113,8 @@ pub struct MemoryStore {
 struct Inner {
     /// Fingerprint → packed strings (`codec.rs`), with the record's expiry.
     records: Sharded<Stored>,
-    /// The deny-list: fingerprint → end of its entry.
-    revoked: Sharded<()>,
+    /// The deny-list.
+    revoked: DenyList,
     /// Member id → fingerprints, in step with `records`.
     members: MemberIndex,
     /// [`MemoryStoreOptions::revoked_grace`], in nanoseconds.
@@ -122,7 +125,7 @@ impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
             .field("records", &self.inner.records.len())
-            .field("revoked", &self.inner.revoked.len())
+            .field("revoked", &self.inner.revoked)
             .finish_non_exhaustive()
     }
 }
@@ -135,7 +138,7 @@ impl MemoryStore {
         Self {
             inner: Arc::new(Inner {
                 records,
-                revoked: Sharded::new(opts.max_revoked),
+                revoked: DenyList::new(opts.max_revoked_per_member),
                 members,
                 revoked_grace: u64::try_from(opts.revoked_grace.as_nanos()).unwrap_or(u64::MAX),
             }),
@@ -150,24 +153,12 @@ impl MemoryStore {
         for mut stripe in inner.records.each() {
             stripe.sweep_all(now, |entry| inner.unindex(&entry));
         }
-        for mut stripe in inner.revoked.each() {
-            stripe.sweep_all(now, drop);
-        }
+        inner.revoked.len();
     }
 
-    /// Current number of deny-list entries (dead ones reclaimed first).
-    pub fn revoked_count(&self) -> u64 {
-        let now = table::now();
-        self.inner
-            .revoked
-            .each()
-            .map(|mut stripe| {
-                if stripe.needs_sweep(now) {
-                    stripe.sweep_all(now, drop);
-                }
-                stripe.len() as u64
-            })
-            .sum()
+    /// Revocations held: deny entries plus folded members (ended ones reclaimed first).
+    pub fn revocations_held(&self) -> u64 {
+        self.inner.revoked.len()
     }
 
     #[cfg(test)]
@@ -183,61 +174,37 @@ impl Inner {
             .remove(codec::member(&entry.value.block), &entry.fp);
     }
 
-    /// Puts `fp` on the deny-list until `until`, or extends its entry; `true` if it was not on it.
-    /// Called under the lock of `fp`'s record stripe.
-    fn deny(&self, fp: &Fingerprint, until: u64, now: u64) -> bool {
-        if until <= now {
-            return false;
-        }
-        let mut revoked = self.revoked.lock(fp);
-        if let Some(pos) = revoked.position(fp) {
-            let current = revoked.at(pos).expires;
-            let newly = current <= now;
-            revoked.replace(pos, if newly { until } else { current.max(until) }, ());
-            return newly;
-        }
-        let room = revoked.make_room(now, |entry| entry.expires, |evicted| {
-            if evicted.expires > now {
-                tracing::warn!(
-                    fingerprint = %evicted.fp,
-                    "revocation deny-list full: a revoked token left it before its expiry; raise store.max_revoked"
-                );
-            }
-        });
-        if !room {
-            tracing::warn!(fingerprint = %fp, "store.max_revoked is 0: a revoked token cannot be denied");
-            return false;
-        }
-        revoked.insert(*fp, until, ());
-        true
-    }
-
-    fn is_denied(&self, fp: &Fingerprint, now: impl FnOnce() -> u64) -> bool {
-        self.revoked.lock(fp).get_live(fp, now).is_some()
-    }
-
     /// Revokes `fp` until `until` (or its record's later expiry) plus the grace, and removes its
-    /// record — unless `member` is given and the record is another member's (then neither).
+    /// record — unless `only` is given and the record is another member's (then neither).
+    /// `member` names the token's member for the deny-list when there is no record to say so.
     /// Returns (newly denied, the removed record if it was alive).
     fn revoke_one(
         &self,
         fp: &Fingerprint,
         until: SystemTime,
-        member: Option<IdRef<'_>>,
+        only: Option<IdRef<'_>>,
+        member: Option<&str>,
     ) -> (bool, Option<TokenRecord>) {
         let now = table::now();
         let mut until = nanos(until);
         let mut records = self.records.lock(fp);
         let pos = records.position(fp);
+        let mut owner = member.map(str::to_owned);
         if let Some(pos) = pos {
             let entry = records.at(pos);
-            if member.is_some_and(|m| m != codec::member(&entry.value.block)) {
+            let recorded = codec::member(&entry.value.block);
+            if only.is_some_and(|m| m != recorded) {
                 return (false, None);
             }
             until = until.max(entry.expires);
+            owner = Some(recorded.to_string_exact());
         }
         // Deny first, under the record stripe's lock: no `record` of `fp` can slip in between.
-        let newly = self.deny(fp, until.saturating_add(self.revoked_grace), now);
+        let newly = self.revoked.deny(
+            *fp,
+            instant(until.saturating_add(self.revoked_grace)),
+            owner.as_deref(),
+        );
         let removed = pos.map(|pos| records.remove_at(pos)).and_then(|entry| {
             self.unindex(&entry);
             (entry.expires > now).then(|| to_record(&entry))
@@ -272,6 +239,7 @@ fn to_record(entry: &Entry<Stored>) -> TokenRecord {
         account_id: fields.account.to_string_exact(),
         account_name: fields.name.map(str::to_owned),
         expires_at: instant(entry.expires),
+        learned: fields.learned,
     }
 }
 
@@ -289,11 +257,12 @@ impl TokenStore for MemoryStore {
             member,
             IdRef::parse(&record.account_id),
             record.account_name.as_deref(),
+            record.learned,
         );
         let inner = &*self.inner;
         let mut records = inner.records.lock(&fp);
         // Under the record stripe's lock, which `revoke_one` holds while it denies and removes.
-        if inner.is_denied(&fp, || now) {
+        if inner.revoked.is_denied(&fp) {
             tracing::debug!(fingerprint = %fp, "not recording a revoked token");
             return Ok(());
         }
@@ -322,7 +291,15 @@ impl TokenStore for MemoryStore {
     }
 
     async fn is_revoked(&self, fp: &Fingerprint) -> Result<bool, StoreError> {
-        Ok(self.inner.is_denied(fp, table::now))
+        Ok(self.inner.revoked.is_denied(fp))
+    }
+
+    async fn member_revoked(
+        &self,
+        member: &str,
+        issued_at: Option<SystemTime>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.inner.revoked.member_denied(member, issued_at))
     }
 
     async fn list_member(&self, member_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
@@ -343,8 +320,13 @@ impl TokenStore for MemoryStore {
         Ok(records)
     }
 
-    async fn revoke(&self, fp: &Fingerprint, expires_at: SystemTime) -> Result<bool, StoreError> {
-        Ok(self.inner.revoke_one(fp, expires_at, None).0)
+    async fn revoke(
+        &self,
+        fp: &Fingerprint,
+        expires_at: SystemTime,
+        member: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.inner.revoke_one(fp, expires_at, None, member).0)
     }
 
     async fn revoke_member(&self, member_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
@@ -357,7 +339,11 @@ impl TokenStore for MemoryStore {
             .iter()
             // `now` as the floor: the deny entry takes the record's own expiry under its lock. A
             // fingerprint whose record went away meanwhile is still denied for the grace.
-            .filter_map(|fp| self.inner.revoke_one(fp, now, Some(member)).1)
+            .filter_map(|fp| {
+                self.inner
+                    .revoke_one(fp, now, Some(member), Some(member_id))
+                    .1
+            })
             .collect();
         removed.sort_by(|a, b| a.account_id.cmp(&b.account_id));
         Ok(removed)

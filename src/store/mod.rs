@@ -26,13 +26,18 @@
 //!   with the records (removed on eviction, expiry and revocation); every listing is filtered
 //!   through the records again, so a lagging index can only make a listing shorter by a record that
 //!   is dying anyway, never longer.
-//! - **Everything is bounded.** Records by `max_entries`, the deny-list by `max_revoked`, the
-//!   member index by the live records (a member's set holds only fingerprints still in the
-//!   records; empty sets are dropped).
+//! - **Revocations are never pushed out.** The deny-list ([`DenyList`]) has no global bound for
+//!   a flood to push against: it is bounded per member instead (past
+//!   `store.max_revoked_per_member` entries a member's revocations fold into one watermark), and
+//!   evicting records never touches it.
+//! - **Everything else is bounded.** Records by `max_entries`, the member index by the live
+//!   records (a member's set holds only fingerprints still in the records; empty sets are
+//!   dropped).
 //!
 //! The memory backend's details are in [`memory`], the Redis backend's (keys, scripts, L1,
 //! revocation fan-out, behaviour while Redis is down) in [`redis`].
 
+mod deny;
 mod fingerprint;
 pub mod memory;
 pub mod redis;
@@ -40,15 +45,17 @@ pub mod redis;
 use std::future::Future;
 use std::time::SystemTime;
 
+pub use deny::DenyList;
 pub use fingerprint::Fingerprint;
 pub use memory::{MemoryStore, MemoryStoreOptions};
 pub use redis::{RedisSetupError, RedisStore, RedisStoreOptions};
 
 /// Every operation name of `store_errors_total{backend,op}`.
-pub const OPS: [&str; 8] = [
+pub const OPS: [&str; 9] = [
     "record",
     "lookup",
     "is_revoked",
+    "member_revoked",
     "list_member",
     "revoke",
     "revoke_member",
@@ -74,6 +81,10 @@ pub struct TokenRecord {
     pub account_name: Option<String>,
     /// The upstream's `expires` (else the JWT `exp`); the record is dead from this instant on.
     pub expires_at: SystemTime,
+    /// Learned from an upstream 2xx to a request that carried it, not seen issued in a `201` of
+    /// the token endpoint: provisional (`tokens.learned_ttl`), counted `reason="learned"`, and
+    /// never a stand-in for a signature.
+    pub learned: bool,
 }
 
 /// Puts a member's records in the order [`TokenStore::list_member`] promises: by account id,
@@ -149,6 +160,15 @@ pub trait TokenStore: Send + Sync {
     fn is_revoked(&self, fp: &Fingerprint)
         -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Whether `member`'s revocations were folded into a watermark (see [`DenyList`]) that
+    /// covers a token of theirs issued at `issued_at` (`None`: unknown, covered). Checked once
+    /// the token's member is known: a folded token has no deny entry of its own.
+    fn member_revoked(
+        &self,
+        member: &str,
+        issued_at: Option<SystemTime>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Every live record of a member, ordered by account id (then expiry), for the admin API and
     /// for logout. Never contains an expired, evicted or revoked token.
     fn list_member(
@@ -160,6 +180,9 @@ pub trait TokenStore: Send + Sync {
     /// if the store holds a record expiring later, until that) plus the backend's configured
     /// grace (at least the validator's `exp` leeway), then removes its record.
     ///
+    /// `member` is the token's member when the caller knows it (else the record's, if any): the
+    /// deny-list's per-member bound counts it there.
+    ///
     /// Works for a fingerprint the store never recorded (a `signature`-mode token). Returns `true`
     /// if the fingerprint was newly put on the deny-list — the increment of
     /// `tokens_revoked_total` — and `false` if it already was, or if the token's expiry plus the
@@ -169,6 +192,7 @@ pub trait TokenStore: Send + Sync {
         &self,
         fp: &Fingerprint,
         expires_at: SystemTime,
+        member: Option<&str>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Revokes every live token of a member (logout, admin API) as [`revoke`](Self::revoke) does,
@@ -224,6 +248,15 @@ impl Store {
         }
     }
 
+    /// Revocations held in this process (token entries plus folded members), for the
+    /// `revocations_held` gauge.
+    pub fn revocations_held(&self) -> u64 {
+        match self {
+            Store::Memory(store) => store.revocations_held(),
+            Store::Redis(store) => store.revocations_held(),
+        }
+    }
+
     /// Fingerprints revoked by other replicas, as they are announced, so that caches outside
     /// the store (the verifier's) can drop them; `None` for a backend that is not shared.
     pub fn revocation_events(&self) -> Option<tokio::sync::broadcast::Receiver<Fingerprint>> {
@@ -266,10 +299,26 @@ impl TokenStore for Store {
         }
     }
 
-    async fn revoke(&self, fp: &Fingerprint, expires_at: SystemTime) -> Result<bool, StoreError> {
+    async fn member_revoked(
+        &self,
+        member: &str,
+        issued_at: Option<SystemTime>,
+    ) -> Result<bool, StoreError> {
         match self {
-            Store::Memory(store) => store.revoke(fp, expires_at).await,
-            Store::Redis(store) => store.revoke(fp, expires_at).await,
+            Store::Memory(store) => store.member_revoked(member, issued_at).await,
+            Store::Redis(store) => Box::pin(store.member_revoked(member, issued_at)).await,
+        }
+    }
+
+    async fn revoke(
+        &self,
+        fp: &Fingerprint,
+        expires_at: SystemTime,
+        member: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(store) => store.revoke(fp, expires_at, member).await,
+            Store::Redis(store) => store.revoke(fp, expires_at, member).await,
         }
     }
 

@@ -200,6 +200,7 @@ mod tests {
                 member_id: Some("m".into()),
                 account_id: None,
                 expires_at: SystemTime::UNIX_EPOCH,
+                issued_at: None,
             },
             exp,
         }

@@ -39,6 +39,8 @@ pub struct Unverified {
     pub account_id: Option<String>,
     /// `exp`, unix seconds.
     pub exp: i64,
+    /// `iat`, when present.
+    pub issued_at: Option<std::time::SystemTime>,
 }
 
 /// Checks everything but the signature: form, header, claim types, `exp`/`nbf`/`iat` with
@@ -52,6 +54,7 @@ pub fn precheck(token: &str, leeway: i64) -> Result<Unverified, TokenError> {
     let claims = validate::read(&compact.payload, &rules)?;
     claims.check(unix_now(), &rules)?;
     Ok(Unverified {
+        issued_at: claims.issued_at(),
         member_id: claims.member_id,
         account_id: claims.account_id,
         exp: claims.exp,
@@ -82,7 +85,8 @@ mod tests {
             Ok(Unverified {
                 member_id: Some("m".into()),
                 account_id: Some("a".into()),
-                exp
+                exp,
+                issued_at: None,
             })
         );
     }

@@ -122,6 +122,12 @@ impl TypedClaims {
     pub(crate) fn expires_at(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(u64::try_from(self.exp).unwrap_or(0))
     }
+
+    /// `iat` as a [`SystemTime`], when the token has one.
+    pub(crate) fn issued_at(&self) -> Option<SystemTime> {
+        let iat = u64::try_from(self.iat?).unwrap_or(0);
+        Some(UNIX_EPOCH + Duration::from_secs(iat))
+    }
 }
 
 /// The one expiry rule, shared by fresh verifications and cache hits.

@@ -110,6 +110,8 @@ pub struct VerifiedToken {
     pub account_id: Option<String>,
     /// `exp`.
     pub expires_at: SystemTime,
+    /// `iat`, when present: compared with a member's revocation watermark.
+    pub issued_at: Option<SystemTime>,
 }
 
 /// Verifies account tokens against the configured keys. Share it behind an `Arc`; dropping it
@@ -292,6 +294,7 @@ impl Inner {
                 exp: claims.exp,
                 token: VerifiedToken {
                     expires_at: claims.expires_at(),
+                    issued_at: claims.issued_at(),
                     member_id: claims.member_id,
                     account_id: claims.account_id,
                 },

@@ -40,9 +40,37 @@ pub struct Identity {
 #[derive(Debug, Clone)]
 pub struct Unknown {
     fingerprint: Fingerprint,
+    /// When it says it stops being valid (`exp`, unverified).
+    expires_at: SystemTime,
     /// What to record if the upstream accepts it (only on token-required routes, where the
     /// upstream must have checked the token to answer 2xx).
     learn: Option<TokenRecord>,
+}
+
+/// The longest a deny entry of a token nobody here vouched for lasts: its `exp` is unverified.
+/// A day is the Commerce API's token lifetime.
+const MAX_UNVOUCHED_LIFE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What a logout revokes.
+#[derive(Debug, Clone)]
+pub enum Logout {
+    /// A validated token: every token of its member, and itself.
+    Member(Identity),
+    /// A token nobody here can vouch for (deferred to the upstream): only itself.
+    Token {
+        fingerprint: Fingerprint,
+        expires_at: SystemTime,
+    },
+}
+
+impl Logout {
+    /// The member logged out, when known.
+    pub fn member(&self) -> Option<&str> {
+        match self {
+            Logout::Member(identity) => identity.member_id.as_deref(),
+            Logout::Token { .. } => None,
+        }
+    }
 }
 
 /// What to do with a request.
@@ -214,6 +242,31 @@ impl Validator {
         }
     }
 
+    /// Whose tokens a logout presenting `headers` revokes. A token nobody here can vouch for (one
+    /// `unknown = "upstream"` would defer) still logs itself out, and only itself: its claims are
+    /// unverified, so they name nobody whose tokens could be revoked with it.
+    pub async fn check_logout(&self, headers: &HeaderMap) -> Result<Logout, Rejection> {
+        let token = match self.token(headers) {
+            Ok(Some(token)) => token,
+            Ok(None) => return Err(self.reject(Rejection::Unauthorized("token_missing"))),
+            Err(rejection) => return Err(self.reject(rejection)),
+        };
+        match self.validate(token, None, false).await {
+            Verdict::Forward(Some(identity)) => Ok(Logout::Member(identity)),
+            Verdict::Reject(rejection) => Err(rejection),
+            Verdict::Defer(unknown) => Ok(Logout::Token {
+                fingerprint: unknown.fingerprint,
+                // Unverified, so capped: a made-up `exp` cannot pin an entry for years.
+                expires_at: unknown
+                    .expires_at
+                    .min(SystemTime::now() + MAX_UNVOUCHED_LIFE),
+            }),
+            Verdict::Forward(None) | Verdict::Untouched => {
+                Err(self.reject(Rejection::Unauthorized("token_unknown")))
+            }
+        }
+    }
+
     /// Learns from the upstream's answer to a deferred token: a 2xx on a token-required route
     /// records it, a 401/403 refuses it locally for `negative_ttl`.
     pub async fn settle(&self, unknown: Unknown, status: StatusCode) {
@@ -232,21 +285,33 @@ impl Validator {
         }
     }
 
-    /// Logout: revokes every known token of `identity`'s member and the presented token itself
-    /// (which the store may not know, in the signature modes); the number newly revoked.
-    pub async fn revoke(&self, identity: &Identity) -> Result<u64, Rejection> {
-        let mut revoked = match &identity.member_id {
+    /// Logout: revokes every known token of the member and the presented token itself (which
+    /// the store may not know, in the signature modes), or only the presented token when nobody
+    /// can vouch for it; the number newly revoked.
+    pub async fn revoke(&self, logout: &Logout) -> Result<u64, Rejection> {
+        let (fingerprint, expires_at, member) = match logout {
+            Logout::Member(identity) => (
+                identity.fingerprint,
+                identity.expires_at,
+                identity.member_id.as_deref(),
+            ),
+            Logout::Token {
+                fingerprint,
+                expires_at,
+            } => (*fingerprint, *expires_at, None),
+        };
+        let mut revoked = match member {
             Some(member) => self.revoke_member(member).await?,
             None => 0,
         };
         let newly = self
             .store
-            .revoke(&identity.fingerprint, identity.expires_at)
+            .revoke(&fingerprint, expires_at, member)
             .await
             .map_err(|_| Rejection::StoreUnavailable)?;
         if newly {
             revoked += 1;
-            self.revoked(&[identity.fingerprint]);
+            self.revoked(&[fingerprint]);
         }
         Ok(revoked)
     }
@@ -314,25 +379,33 @@ impl Validator {
                 Err(_) => (None, true),
             }
         };
+        // A learned record vouches for a token only where nothing else is asked of it: in
+        // `issued` mode. Elsewhere it is as good as no record.
+        let issued = issued.filter(|record| mode == TokenMode::Issued || !record.learned);
 
         let (identity, reason) = match (mode, issued) {
+            (TokenMode::Issued, Some(record)) if record.learned => (identity_of(record), "learned"),
             (TokenMode::Issued | TokenMode::Either, Some(record)) => {
                 (identity_of(record), "issued")
             }
             (TokenMode::Issued, None) => {
-                return self.unknown(token, fingerprint, binding, learns, store_down)
+                return self
+                    .unknown(token, fingerprint, binding, learns, store_down)
+                    .await
             }
             (TokenMode::Signature, _) => match self.verify(token, fingerprint).await {
                 Ok(identity) => (identity, "signature"),
-                Err(error) => return self.rejected(Rejection::Unauthorized(error.code())),
+                Err(rejection) => return self.rejected(rejection),
             },
             (TokenMode::Either, None) => match self.verify(token, fingerprint).await {
                 Ok(identity) => (identity, "signature"),
                 // No key could decide: treat it as unknown rather than forged.
-                Err(TokenError::UnknownKey) => {
-                    return self.unknown(token, fingerprint, binding, learns, store_down)
+                Err(Rejection::Unauthorized(code)) if code == TokenError::UnknownKey.code() => {
+                    return self
+                        .unknown(token, fingerprint, binding, learns, store_down)
+                        .await
                 }
-                Err(error) => return self.rejected(Rejection::Unauthorized(error.code())),
+                Err(rejection) => return self.rejected(rejection),
             },
             (TokenMode::Both, None) if store_down => {
                 return self.rejected(Rejection::StoreUnavailable)
@@ -342,7 +415,7 @@ impl Validator {
             }
             (TokenMode::Both, Some(record)) => match self.verify(token, fingerprint).await {
                 Ok(_) => (identity_of(record), "issued_and_signature"),
-                Err(error) => return self.rejected(Rejection::Unauthorized(error.code())),
+                Err(rejection) => return self.rejected(rejection),
             },
         };
         let claimed = bound(
@@ -357,13 +430,37 @@ impl Validator {
         Verdict::Forward(Some(identity))
     }
 
-    /// Verifies the signature with the configured keys.
-    async fn verify(&self, token: &str, fingerprint: Fingerprint) -> Result<Identity, TokenError> {
+    /// Whether `member`'s folded revocations cover a token issued at `issued_at` (see
+    /// `store::DenyList`). Records need no such check: folding removed the member's records, and
+    /// a record written since is a token issued since.
+    async fn folded(
+        &self,
+        member: Option<&str>,
+        issued_at: Option<SystemTime>,
+    ) -> Result<(), Rejection> {
+        let Some(member) = member else {
+            return Ok(());
+        };
+        match self.store.member_revoked(member, issued_at).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(Rejection::Unauthorized("token_revoked")),
+            Err(_) => Err(Rejection::StoreUnavailable),
+        }
+    }
+
+    /// Verifies the signature with the configured keys, then that the member's folded
+    /// revocations do not cover the token.
+    async fn verify(&self, token: &str, fingerprint: Fingerprint) -> Result<Identity, Rejection> {
         // The configuration refuses signature modes without keys; refuse rather than accept.
         let Some(verifier) = &self.verifier else {
-            return Err(TokenError::UnknownKey);
+            return Err(Rejection::Unauthorized(TokenError::UnknownKey.code()));
         };
-        let verified = verifier.verify(token).await?;
+        let verified = verifier
+            .verify(token)
+            .await
+            .map_err(|error| Rejection::Unauthorized(error.code()))?;
+        self.folded(verified.member_id.as_deref(), verified.issued_at)
+            .await?;
         Ok(Identity {
             fingerprint,
             account_id: verified.account_id,
@@ -374,7 +471,7 @@ impl Validator {
 
     /// A token the store does not know, under `unknown = "upstream"` checked locally and
     /// deferred to the upstream.
-    fn unknown(
+    async fn unknown(
         &self,
         token: &str,
         fingerprint: Fingerprint,
@@ -404,6 +501,11 @@ impl Validator {
         if let Err(rejection) = bound(binding, account, member) {
             return self.rejected(rejection);
         }
+        // A forged `sub`/`iat` can only make the gateway refuse a token the upstream would
+        // refuse anyway; a genuine token of a folded member is refused here.
+        if let Err(rejection) = self.folded(member, claims.issued_at).await {
+            return self.rejected(rejection);
+        }
         // Learned, not issued: recorded for `learned_ttl` at most, whatever the token claims,
         // and never in `either` mode, where a record would stand in for a signature no key
         // here could check.
@@ -416,11 +518,17 @@ impl Validator {
                 account_name: None,
                 expires_at: (UNIX_EPOCH + Duration::from_secs(claims.exp.max(0) as u64))
                     .min(SystemTime::now() + self.settings.learned_ttl),
+                learned: true,
             }),
             _ => None,
         };
         self.count("deferred", "token_unknown");
-        Verdict::Defer(Unknown { fingerprint, learn })
+        let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp.max(0) as u64);
+        Verdict::Defer(Unknown {
+            fingerprint,
+            expires_at,
+            learn,
+        })
     }
 
     fn rejected(&self, rejection: Rejection) -> Verdict {

@@ -3,7 +3,8 @@
 //!
 //! Layout: three fields back to back, each a tag byte and its payload:
 //! `0` absent (only the account name can be), `1` + 16 bytes of a UUID, `2` + LEB128 length +
-//! UTF-8 bytes. A UUID is stored as bytes only if it is in canonical form (lowercase,
+//! UTF-8 bytes, `3` absent and the record is learned (a learned record never has an account name,
+//! so its flag costs nothing). A UUID is stored as bytes only if it is in canonical form (lowercase,
 //! hyphenated), so that decoding gives back exactly the string that was recorded; anything else
 //! is kept as text. A typical record (two UUIDs, a short name) packs into ~50 bytes, one
 //! allocation, instead of three `String`s (3 × 24 bytes inline plus three allocations).
@@ -15,6 +16,8 @@ use uuid::Uuid;
 const ABSENT: u8 = 0;
 const UUID: u8 = 1;
 const TEXT: u8 = 2;
+/// In the name's place: no name, and the record was learned, not issued.
+const LEARNED: u8 = 3;
 
 /// Length of a canonical hyphenated UUID.
 const UUID_LEN: usize = 36;
@@ -104,10 +107,17 @@ pub(super) struct Fields<'a> {
     pub(super) member: IdRef<'a>,
     pub(super) account: IdRef<'a>,
     pub(super) name: Option<&'a str>,
+    pub(super) learned: bool,
 }
 
-/// Packs a record's strings into one exactly sized block.
-pub(super) fn encode(member: IdRef<'_>, account: IdRef<'_>, name: Option<&str>) -> Box<[u8]> {
+/// Packs a record's strings into one exactly sized block. A learned record's name is dropped (it
+/// never has one: names come from the token endpoint's answer).
+pub(super) fn encode(
+    member: IdRef<'_>,
+    account: IdRef<'_>,
+    name: Option<&str>,
+    learned: bool,
+) -> Box<[u8]> {
     let text_len = |id: IdRef<'_>| match id {
         IdRef::Uuid(_) => 17,
         IdRef::Text(t) => t.len() + 6,
@@ -117,6 +127,7 @@ pub(super) fn encode(member: IdRef<'_>, account: IdRef<'_>, name: Option<&str>) 
     member.encode(&mut out);
     account.encode(&mut out);
     match name {
+        _ if learned => out.push(LEARNED),
         Some(name) => encode_text(name, &mut out),
         None => out.push(ABSENT),
     }
@@ -143,17 +154,24 @@ pub(super) fn decode(block: &[u8]) -> Fields<'_> {
     let mut rest = block;
     let member = decode_field(&mut rest);
     let account = decode_field(&mut rest);
-    let name = decode_field(&mut rest);
+    let learned = rest.first() == Some(&LEARNED);
+    let name = if learned {
+        None
+    } else {
+        decode_field(&mut rest)
+    };
     match (member, account, name) {
         (Some(member), Some(account), None) => Fields {
             member,
             account,
             name: None,
+            learned,
         },
         (Some(member), Some(account), Some(IdRef::Text(name))) => Fields {
             member,
             account,
             name: Some(name),
+            learned,
         },
         _ => unreachable!("a record block holds two ids and an optional name"),
     }
@@ -238,21 +256,33 @@ mod tests {
             ("acct-4", Some(long.as_str())),
         ] {
             let account = IdRef::parse(account);
-            let block = encode(member, account, name);
+            let block = encode(member, account, name, false);
             assert_eq!(
                 decode(&block),
                 Fields {
                     member,
                     account,
-                    name
+                    name,
+                    learned: false,
                 }
             );
             assert_eq!(self::member(&block), member);
         }
+        let learned = encode(member, IdRef::parse("acct-5"), Some("dropped"), true);
+        assert_eq!(
+            decode(&learned),
+            Fields {
+                member,
+                account: IdRef::parse("acct-5"),
+                name: None,
+                learned: true,
+            }
+        );
         let typical = encode(
             member,
             IdRef::parse("1f8e7d6c-5b4a-4938-8271-605f4e3d2c1b"),
             Some("Account 123456"),
+            false,
         );
         assert_eq!(typical.len(), 17 + 17 + 16);
     }

@@ -74,6 +74,9 @@ pub(super) struct Wire {
     n: Option<String>,
     /// Expiry, unix milliseconds.
     e: u64,
+    /// Learned, not issued (absent: issued, as every record written before the flag existed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    l: bool,
 }
 
 impl Wire {
@@ -84,6 +87,7 @@ impl Wire {
             a: record.account_id.clone(),
             n: record.account_name.clone(),
             e: unix_ms(record.expires_at),
+            l: record.learned,
         };
         // Serialising a struct of strings and an integer cannot fail.
         serde_json::to_string(&wire).unwrap_or_default()
@@ -98,6 +102,7 @@ impl Wire {
             account_id: wire.a,
             account_name: wire.n,
             expires_at: from_unix_ms(wire.e),
+            learned: wire.l,
         })
     }
 }
@@ -204,10 +209,17 @@ mod tests {
             account_id: "a".into(),
             account_name: None,
             expires_at: from_unix_ms(1_900_000_000_123),
+            learned: false,
         };
         let text = Wire::encode(&record);
         assert!(!text.contains("\"n\""), "{text}");
-        assert_eq!(Wire::decode(fp, &text), Some(record));
+        assert!(!text.contains("\"l\""), "{text}");
+        assert_eq!(Wire::decode(fp, &text), Some(record.clone()));
+        let learned = TokenRecord {
+            learned: true,
+            ..record
+        };
+        assert_eq!(Wire::decode(fp, &Wire::encode(&learned)), Some(learned));
         assert_eq!(Wire::decode(fp, "garbage"), None);
     }
 }

@@ -145,6 +145,7 @@ mod tests {
             account_id: "a".into(),
             account_name: None,
             expires_at: SystemTime::now() + ttl,
+            learned: false,
         }))
     }
 

@@ -80,6 +80,8 @@ pub struct RedisStoreOptions {
     pub l1_max_entries: u64,
     /// How long a deny entry outlives its token (at least the validator's `exp` leeway).
     pub revoked_grace: Duration,
+    /// Deny entries one member holds before they fold into one (see `store::DenyList`).
+    pub max_revoked_per_member: usize,
     /// `store_errors_total`, to count failed calls in.
     pub errors: Option<IntCounterVec>,
 }
@@ -97,6 +99,7 @@ impl RedisStoreOptions {
             l1_ttl: Duration::from_secs(5),
             l1_max_entries: 100_000,
             revoked_grace: Duration::from_secs(60),
+            max_revoked_per_member: 32,
             errors: None,
         }
     }
@@ -214,6 +217,11 @@ impl RedisStore {
     /// Fingerprints revoked by any replica, as they arrive on the revocation channel.
     pub fn revocation_events(&self) -> broadcast::Receiver<Fingerprint> {
         self.inner.events.subscribe()
+    }
+
+    /// Revocations held in this process (placeholder until the deny-list is replicated).
+    pub fn revocations_held(&self) -> u64 {
+        0
     }
 
     /// Whether this replica is currently subscribed to revocations.

@@ -122,7 +122,21 @@ impl TokenStore for RedisStore {
         Ok(records)
     }
 
-    async fn revoke(&self, fp: &Fingerprint, expires_at: SystemTime) -> Result<bool, StoreError> {
+    async fn member_revoked(
+        &self,
+        _member: &str,
+        _issued_at: Option<SystemTime>,
+    ) -> Result<bool, StoreError> {
+        // Placeholder until the deny-list is replicated from Redis.
+        Ok(false)
+    }
+
+    async fn revoke(
+        &self,
+        fp: &Fingerprint,
+        expires_at: SystemTime,
+        _member: Option<&str>,
+    ) -> Result<bool, StoreError> {
         Ok(self.revoke_one(fp, expires_at, None, "revoke").await?.0)
     }
 
