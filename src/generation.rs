@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::admin_api::AdminApi;
+use crate::config::SecretError;
 use crate::config::{Config, Secret, SecretRef};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Upstream};
@@ -156,7 +157,16 @@ fn signature_settings(config: &Config) -> Result<SignatureSettings, StartError> 
         signature.hs256_secret().as_ref(),
         "tokens.signature.hs256_secret",
     )?
-    .map(|secret| secret.expose().as_bytes().to_vec());
+    .map(|secret| {
+        signature
+            .hs256_secret_encoding
+            .decode(secret.expose())
+            .ok_or(StartError::Secret {
+                key: "tokens.signature.hs256_secret".to_owned(),
+                source: SecretError::Encoding("base64"),
+            })
+    })
+    .transpose()?;
     let public_keys = match &signature.public_key_file {
         None => Vec::new(),
         Some(path) => vec![std::fs::read(path).map_err(|source| StartError::KeyFile {

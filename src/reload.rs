@@ -84,11 +84,16 @@ impl Reloader {
             Ok(reloaded) if reloaded.restart_needed.is_empty() => {
                 tracing::info!(path = %self.path.display(), "configuration reloaded");
             }
-            Ok(reloaded) => tracing::warn!(
-                path = %self.path.display(),
-                restart_needed = ?reloaded.restart_needed,
-                "configuration reloaded; these changes need a restart and were not applied"
-            ),
+            Ok(reloaded) => {
+                self.shared.metrics.config_restart_required.set(1);
+                for key in &reloaded.restart_needed {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        key,
+                        "configuration reloaded, but this change needs a restart: the running value is kept"
+                    );
+                }
+            }
             Err(error) => {
                 for line in error.to_string().lines() {
                     tracing::error!(path = %self.path.display(), "reload refused: {line}");
@@ -206,8 +211,20 @@ fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
         server.config_poll_interval,
         log.level,
         log.format,
+        // The store is built once: its connections, L1 and deny-list live as long as the
+        // process, and a record written under one prefix or URL is not found under another.
         store.backend,
         store.max_entries,
+        store.redis_url,
+        store.redis_cluster,
+        store.redis_password_env,
+        store.redis_password_file,
+        store.redis_pool_size,
+        store.command_timeout,
+        store.key_prefix,
+        store.l1_ttl,
+        store.l1_max_entries,
+        store.max_revoked_per_member,
     );
     changed
 }

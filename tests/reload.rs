@@ -75,6 +75,10 @@ async fn a_valid_change_is_swapped_in_under_load_without_a_failed_request() {
     let reloader = gateway.reloader.as_ref().expect("reloader");
     let reloaded = reloader.reload().await.expect("valid config reloads");
     assert!(reloaded.restart_needed.is_empty());
+    assert!(gateway
+        .metrics()
+        .await
+        .contains("account_gate_config_restart_required 0"));
     let at_swap = new.calls();
     wait_until("load reaches the new upstream", || async {
         new.calls() > at_swap + 20
@@ -162,6 +166,10 @@ async fn a_changed_file_is_reloaded_by_itself_and_fixed_settings_are_reported() 
     .await;
     let metrics = gateway.metrics().await;
     assert_eq!(reloads(&metrics, "success"), 1);
+    assert!(
+        metrics.contains("account_gate_config_restart_required 1"),
+        "{metrics}"
+    );
     // Reloading by hand reports what was kept.
     let reloaded = gateway
         .reloader
@@ -171,6 +179,23 @@ async fn a_changed_file_is_reloaded_by_itself_and_fixed_settings_are_reported() 
         .await
         .expect("reload");
     assert_eq!(reloaded.restart_needed, ["server.max_connections"]);
+
+    // The store is built once: a change to it is reported, not silently ignored.
+    write(
+        &path,
+        &format!("{changed}\n[store]\nkey_prefix = \"other:\"\nl1_ttl = \"2s\"\n"),
+    );
+    let reloaded = gateway
+        .reloader
+        .as_ref()
+        .expect("reloader")
+        .reload()
+        .await
+        .expect("reload");
+    assert_eq!(
+        reloaded.restart_needed,
+        ["server.max_connections", "store.key_prefix", "store.l1_ttl"]
+    );
 }
 
 #[test]
