@@ -1,5 +1,5 @@
-//! Live reload: on SIGHUP, or when the configuration file's content changes (which is how an
-//! updated Kubernetes ConfigMap arrives), the file is loaded and checked; a valid configuration
+//! Live reload: on SIGHUP, or when the content of the configuration file or of a file it refers
+//! to changes (which is how an updated Kubernetes ConfigMap or Secret arrives), the file is loaded and checked; a valid configuration
 //! becomes the next [`Generation`], swapped in atomically for new requests while in-flight ones
 //! finish on the old; an invalid one is refused with every error logged, and the old one stays.
 //!
@@ -46,18 +46,18 @@ pub struct Reloader {
     path: PathBuf,
     shared: Shared,
     current: Arc<ArcSwap<Generation>>,
-    /// The file's digest when this reloader was made: taken here, before the gateway reports
-    /// ready, and not when the watching task first runs, which under load can be after the
-    /// file has already changed (the change would then never be seen).
+    /// The digest of the file and of every file it refers to when this reloader was made:
+    /// taken here, before the gateway reports ready, and not when the watching task first runs,
+    /// which under load can be after a file has already changed (the change would then never
+    /// be seen).
     made_at: Option<[u8; 32]>,
 }
 
 impl Reloader {
     /// A reloader of `path` into `current`.
     pub fn new(path: PathBuf, shared: Shared, current: Arc<ArcSwap<Generation>>) -> Self {
-        let made_at = std::fs::read(&path)
-            .ok()
-            .map(|bytes| Sha256::digest(&bytes).into());
+        let referenced = crate::generation::referenced_files(&current.load().config);
+        let made_at = digest_of(&path, &referenced);
         Reloader {
             path,
             shared,
@@ -152,10 +152,29 @@ impl Reloader {
         }
     }
 
+    /// The digest of the configuration file and of the files the running configuration refers
+    /// to (secrets, keys, CAs: a rotated Kubernetes Secret changes those, not the file).
     async fn digest(&self) -> Option<[u8; 32]> {
-        let bytes = tokio::fs::read(&self.path).await.ok()?;
-        Some(Sha256::digest(&bytes).into())
+        let referenced = crate::generation::referenced_files(&self.current.load().config);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || digest_of(&path, &referenced))
+            .await
+            .ok()
+            .flatten()
     }
+}
+
+/// SHA-256 over the configuration file and each referenced file (a missing referenced file
+/// counts as empty: its disappearance is a change too); `None` if the configuration file cannot
+/// be read.
+fn digest_of(path: &std::path::Path, referenced: &[PathBuf]) -> Option<[u8; 32]> {
+    let mut digest = Sha256::new();
+    let config = std::fs::read(path).ok()?;
+    digest.update(Sha256::digest(&config));
+    for file in referenced {
+        digest.update(Sha256::digest(std::fs::read(file).unwrap_or_default()));
+    }
+    Some(digest.finalize().into())
 }
 
 #[cfg(unix)]
