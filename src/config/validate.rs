@@ -152,6 +152,15 @@ pub(super) fn validate(
             .ok(),
     };
 
+    if let Some(tls) = &s.tls {
+        // Built here as at start, so that `check-config` and a reload catch a bad PEM too.
+        if tls.cert_file.as_os_str().is_empty() || tls.key_file.as_os_str().is_empty() {
+            report.invalid("server.tls", "cert_file and key_file are both required");
+        } else if let Err(error) = crate::tls::server_config(tls) {
+            report.invalid("server.tls", error.to_string());
+        }
+    }
+
     if let Some(ca_file) = &u.ca_file {
         if let Err(reason) = readable_file(ca_file) {
             report.invalid("upstream.ca_file", reason);
