@@ -43,7 +43,11 @@ impl Pki {
 
     /// A leaf for `names`: (certificate PEM, key PEM).
     fn leaf(&self, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().expect("leaf key");
+        self.leaf_with(KeyPair::generate().expect("leaf key"), names)
+    }
+
+    /// A leaf for `names` with `key`.
+    fn leaf_with(&self, key: KeyPair, names: &[&str]) -> (String, String) {
         let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         let mut params = CertificateParams::new(names.clone()).expect("leaf params");
         params
@@ -321,6 +325,51 @@ async fn curl_speaks_to_it() {
             "200 1.1"
         };
         assert_eq!(out, expected, "{}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+#[tokio::test]
+async fn rsa_ecdsa_and_ed25519_keys_over_tls_1_2_and_1_3() {
+    let rsa_pem = include_str!("fixtures/keys/rsa-a.key.pem");
+    let keys = [
+        ("ECDSA P-256", KeyPair::generate().expect("ecdsa")),
+        (
+            "Ed25519",
+            KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519"),
+        ),
+        (
+            "RSA",
+            KeyPair::from_pem_and_sign_algo(rsa_pem, &rcgen::PKCS_RSA_SHA256).expect("rsa"),
+        ),
+    ];
+    let upstream = TestUpstream::http().await;
+    for (kind, key) in keys {
+        let dir = tempfile::tempdir().expect("dir");
+        let pki = Pki::new();
+        let (cert, key) = pki.leaf_with(key, &["127.0.0.1"]);
+        write(&dir.path().join("tls.crt"), &cert);
+        write(&dir.path().join("tls.key"), &key);
+        let gateway = tls_gateway(dir.path(), &upstream, "").await;
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+                roots.add(cert.expect("ca")).expect("ca");
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[version])
+            .expect("version")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let answer = get_tls(&gateway, config, "/v2/carts").await;
+            assert_eq!(
+                answer,
+                Ok((StatusCode::OK, http::Version::HTTP_11)),
+                "{kind} over {version:?}"
+            );
+        }
+        gateway.shutdown().await;
     }
 }
 
