@@ -282,7 +282,7 @@ mod tests {
             field_names::<AdminFile>(),
             ["token_env", "token_file"].as_slice()
         );
-        assert_eq!(field_names::<ServerFile>().len(), 15);
+        assert_eq!(field_names::<ServerFile>().len(), 16);
     }
 
     #[test]
