@@ -123,13 +123,28 @@ async fn the_contract_holds_on_a_redis_cluster() {
     contract(&redis, true).await;
 }
 
+/// Waits until every store has subscribed and completed its first load of revocations.
+async fn loaded(stores: &[&RedisStore]) {
+    wait_until("revocations loaded", || async {
+        stores
+            .iter()
+            .all(|s| s.is_subscribed() && s.revocations_loaded())
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn calls_fail_fast_and_answer_from_l1_while_redis_is_down() {
+async fn calls_fail_fast_and_answer_from_l1_and_the_deny_list_while_redis_is_down() {
     let mut redis = TestRedis::start().await;
     let store = store(&redis, false);
-    subscribed(&[&store]).await;
+    loaded(&[&store]).await;
     let known = record("known", "m", "acc", DAY);
     store.record(known.clone()).await.unwrap();
+    let revoked = Fingerprint::of("revoked");
+    assert!(store
+        .revoke(&revoked, SystemTime::now() + DAY, Some("m2"))
+        .await
+        .unwrap());
     redis.stop();
     for _ in 0..3 {
         let started = Instant::now();
@@ -137,12 +152,17 @@ async fn calls_fail_fast_and_answer_from_l1_while_redis_is_down() {
             store.lookup(&known.fingerprint).await.unwrap(),
             Some(known.clone())
         );
-        let unknown = store.is_revoked(&Fingerprint::of("unknown")).await;
+        // Revocation checks are answered by the local deny-list alone.
+        assert!(store.is_revoked(&revoked).await.unwrap());
+        assert!(!store.is_revoked(&Fingerprint::of("unknown")).await.unwrap());
+        assert!(!store.member_revoked("m2", None).await.unwrap());
+        // What needs Redis fails, fast.
+        let unknown = store.lookup(&Fingerprint::of("unknown")).await;
         assert!(matches!(
             unknown,
             Err(StoreError::Unavailable {
                 backend: "redis",
-                op: "is_revoked",
+                op: "lookup",
                 ..
             })
         ));
@@ -156,6 +176,13 @@ async fn calls_fail_fast_and_answer_from_l1_while_redis_is_down() {
             started.elapsed()
         );
     }
+    // A logout during the outage cannot reach Redis, but this replica keeps it.
+    let during = Fingerprint::of("revoked during the outage");
+    assert!(store
+        .revoke(&during, SystemTime::now() + DAY, None)
+        .await
+        .is_err());
+    assert!(store.is_revoked(&during).await.unwrap());
     redis.restart().await;
     wait_until("Redis answers again", || async {
         store.ping().await.is_ok()
@@ -166,6 +193,41 @@ async fn calls_fail_fast_and_answer_from_l1_while_redis_is_down() {
         store.is_subscribed() && matches!(store.lookup(&known.fingerprint).await, Ok(None))
     })
     .await;
+    // Redis restarted empty; the replica still holds what it held (additive resyncs).
+    assert!(store.is_revoked(&revoked).await.unwrap());
+    assert!(store.is_revoked(&during).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_replica_started_while_redis_is_down_fails_closed_until_its_first_load() {
+    let mut redis = TestRedis::start().await;
+    let before = store(&redis, false);
+    let revoked = Fingerprint::of("revoked before the outage");
+    before
+        .revoke(&revoked, SystemTime::now() + DAY, None)
+        .await
+        .unwrap();
+    redis.stop();
+    let store = store(&redis, false);
+    assert!(matches!(
+        store.is_revoked(&Fingerprint::of("any")).await,
+        Err(StoreError::Unavailable {
+            op: "is_revoked",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.member_revoked("m", None).await,
+        Err(StoreError::Unavailable {
+            op: "member_revoked",
+            ..
+        })
+    ));
+    assert!(!store.revocations_loaded());
+    redis.restart().await;
+    loaded(&[&store]).await;
+    assert!(!store.is_revoked(&Fingerprint::of("any")).await.unwrap());
+    assert!(!store.member_revoked("m", None).await.unwrap());
 }
 
 #[test]
