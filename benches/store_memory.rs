@@ -1,6 +1,7 @@
 //! The memory token store: lookup hit / miss and record throughput (criterion), and the resident
-//! memory that 1,000,000 records cost (printed first, measured in a fresh child process per
-//! configuration so that one measurement's freed memory cannot hide another's growth).
+//! memory that 1,000,000 records and 1,000,000 revocations cost (printed first, measured in a
+//! fresh child process per configuration so that one measurement's freed memory cannot hide
+//! another's growth).
 //!
 //! `cargo bench --bench store_memory`
 
@@ -8,7 +9,9 @@ use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use account_gate::store::{Fingerprint, MemoryStore, MemoryStoreOptions, TokenRecord, TokenStore};
+use account_gate::store::{
+    DenyList, Fingerprint, MemoryStore, MemoryStoreOptions, TokenRecord, TokenStore,
+};
 use criterion::{criterion_group, Criterion, Throughput};
 
 mod common;
@@ -74,6 +77,26 @@ fn memory_child(max_entries: u64, per_member: u64) {
     black_box(store);
 }
 
+/// Child side: deny [`INSERTS`] tokens, `per_member` per member (UUID member ids), print one line.
+fn deny_child(per_member: u64) {
+    let before = rss_bytes().unwrap_or(0);
+    let list = DenyList::new(32);
+    let until = SystemTime::now() + Duration::from_secs(24 * 60 * 60);
+    for i in 0..INSERTS {
+        let member = i / per_member;
+        let member = format!("{member:08x}-0000-4000-8000-{member:012x}");
+        list.deny(fingerprint(i), until, Some(&member));
+    }
+    let held = list.len();
+    let growth = rss_bytes().unwrap_or(0).saturating_sub(before);
+    println!(
+        "deny-list, {per_member} revocation(s)/member: {held} held, RSS +{:.1} MiB, {} bytes per revocation",
+        growth as f64 / (1024.0 * 1024.0),
+        growth / held.max(1),
+    );
+    black_box(list);
+}
+
 /// Parent side: one child per configuration.
 fn memory_report() {
     println!("store_memory: resident memory growth for {INSERTS} inserts");
@@ -88,6 +111,15 @@ fn memory_report() {
         {
             Ok(out) => print!("  {}", String::from_utf8_lossy(&out.stdout)),
             Err(e) => println!("  max_entries {max_entries}: child failed: {e}"),
+        }
+    }
+    for per_member in [1u64, 3] {
+        match Command::new(&exe)
+            .env(CHILD_ENV, format!("deny:{per_member}"))
+            .output()
+        {
+            Ok(out) => print!("  {}", String::from_utf8_lossy(&out.stdout)),
+            Err(e) => println!("  deny-list: child failed: {e}"),
         }
     }
 }
@@ -153,6 +185,10 @@ criterion_group!(benches, throughput);
 
 fn main() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
+        if let Some(per_member) = spec.strip_prefix("deny:").and_then(|n| n.parse().ok()) {
+            deny_child(per_member);
+            return;
+        }
         let parsed = spec
             .split_once(':')
             .and_then(|(max, per)| Some((max.parse().ok()?, per.parse().ok()?)));

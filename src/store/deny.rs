@@ -17,9 +17,9 @@
 //! - Entries whose member is unknown (a token the gateway cannot vouch for, logged out) are
 //!   bounded by the logout rate limit per client, not here.
 //!
-//! Memory: a token entry is a fingerprint and an expiry in a hash map, plus the same pair in its
-//! member's list (about 120 bytes with the map's slack, measured in `tests/store.rs`); a
-//! watermark is the member id and two instants.
+//! Memory (`cargo bench --bench store_memory`, which prints it first): a token entry is a
+//! fingerprint and an expiry in a hash map, plus the expiry in its member's list; a member is
+//! known by 16 bytes of a digest. See the bench's report for the bytes per revocation.
 //!
 //! # Why it is hand-written
 //!
@@ -33,10 +33,11 @@
 //! it: the error is on the side of refusing.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
 
 use super::Fingerprint;
 use crate::sync::lock;
@@ -58,8 +59,6 @@ struct Inner {
     tokens: Box<[Mutex<TokenStripe>]>,
     /// Member id → its entries and watermark.
     members: Box<[Mutex<MemberStripe>]>,
-    /// Picks a member's stripe (fingerprints are uniform already).
-    hasher: RandomState,
     max_per_member: usize,
     /// Watermarks held (live or not yet swept): while zero, [`DenyList::member_denied`] answers
     /// without hashing or locking, which is the common case.
@@ -74,12 +73,24 @@ struct TokenStripe {
 }
 
 /// Member id → its entries and watermark.
-type MemberStripe = HashMap<Box<str>, Member>;
+type MemberStripe = HashMap<MemberKey, Member>;
+
+/// A member as the list knows it: 16 bytes of the SHA-256 of the id. Shorter than the id (36
+/// bytes for a UUID, in an allocation of its own), and no client picks which stripe it lands in.
+type MemberKey = [u8; 16];
+
+fn member_key(member: &str) -> MemberKey {
+    let digest = Sha256::digest(member.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
 
 #[derive(Default)]
 struct Member {
-    /// The member's token entries (fingerprint, end), at most `max_per_member`.
-    tokens: Vec<(Fingerprint, u64)>,
+    /// The ends of the member's token entries, at most `max_per_member` (the entries themselves
+    /// are in the token map; this counts them and remembers the latest end).
+    ends: Vec<u64>,
     /// (cutoff, end): every token issued at or before `cutoff` is revoked until `end`.
     watermark: Option<(u64, u64)>,
 }
@@ -87,7 +98,7 @@ struct Member {
 impl Member {
     /// Forgets what has ended; `true` if the watermark went.
     fn prune(&mut self, now: u64) -> bool {
-        self.tokens.retain(|&(_, end)| end > now);
+        self.ends.retain(|&end| end > now);
         let dead = self.watermark.is_some_and(|(_, end)| end <= now);
         if dead {
             self.watermark = None;
@@ -96,7 +107,7 @@ impl Member {
     }
 
     fn is_empty(&self) -> bool {
-        self.tokens.is_empty() && self.watermark.is_none()
+        self.ends.is_empty() && self.watermark.is_none()
     }
 }
 
@@ -126,7 +137,6 @@ impl DenyList {
             inner: Arc::new(Inner {
                 tokens: (0..STRIPES).map(stripes).collect(),
                 members: (0..STRIPES).map(|_| Mutex::default()).collect(),
-                hasher: RandomState::new(),
                 max_per_member: max_per_member.max(1),
                 watermarks: AtomicUsize::new(0),
             }),
@@ -145,23 +155,25 @@ impl DenyList {
             return self.inner.deny_token(fp, until, now);
         };
         let inner = &*self.inner;
-        let mut members = lock(inner.member_stripe(member));
-        let entry = members.entry(Box::from(member)).or_default();
+        let key = member_key(member);
+        let mut members = lock(inner.member_stripe(&key));
+        let entry = members.entry(key).or_default();
         if entry.prune(now) {
             inner.watermarks.fetch_sub(1, Ordering::Relaxed);
         }
-        if let Some(held) = entry.tokens.iter_mut().find(|(held, _)| *held == fp) {
-            held.1 = held.1.max(until);
+        if inner.token_denied(&fp, now) {
+            // Held already: extended, not counted twice.
             return inner.deny_token(fp, until, now);
         }
-        if entry.tokens.len() < inner.max_per_member {
-            entry.tokens.push((fp, until));
+        if entry.ends.len() < inner.max_per_member {
+            // Most members hold one or two: grow by one, not to the usual four.
+            entry.ends.reserve_exact(1);
+            entry.ends.push(until);
             return inner.deny_token(fp, until, now);
         }
         // Folded: the watermark covers this token (issued before now) and all the member's
         // earlier ones, until the latest end the member has seen.
-        let newly = !inner.token_denied(&fp, now);
-        let latest = entry.tokens.iter().map(|&(_, end)| end).max().unwrap_or(0);
+        let latest = entry.ends.iter().copied().max().unwrap_or(0);
         let (cutoff, end) = entry.watermark.unwrap_or((0, 0));
         if entry.watermark.is_none() {
             inner.watermarks.fetch_add(1, Ordering::Relaxed);
@@ -171,7 +183,7 @@ impl DenyList {
             fingerprint = %fp,
             "member over its revocation quota: its tokens issued until now are revoked together"
         );
-        newly
+        true
     }
 
     /// Whether `fp` has a live entry.
@@ -186,8 +198,9 @@ impl DenyList {
         if inner.watermarks.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        let members = lock(inner.member_stripe(member));
-        let Some((cutoff, end)) = members.get(member).and_then(|m| m.watermark) else {
+        let key = member_key(member);
+        let members = lock(inner.member_stripe(&key));
+        let Some((cutoff, end)) = members.get(&key).and_then(|m| m.watermark) else {
             return false;
         };
         end > now() && issued_at.is_none_or(|at| millis(at) <= cutoff)
@@ -224,9 +237,8 @@ impl DenyList {
 }
 
 impl Inner {
-    fn member_stripe(&self, member: &str) -> &Mutex<MemberStripe> {
-        let at = self.hasher.hash_one(member) as usize % STRIPES;
-        &self.members[at]
+    fn member_stripe(&self, key: &MemberKey) -> &Mutex<MemberStripe> {
+        &self.members[usize::from(key[0]) % STRIPES]
     }
 
     fn token_stripe(&self, fp: &Fingerprint) -> &Mutex<TokenStripe> {

@@ -6,7 +6,9 @@
 //! upstream decide on a token nobody here knows (`unknown = "upstream"`), or reject.
 
 mod identity;
+mod logout;
 mod negative;
+mod rejection;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,7 +23,9 @@ use crate::token::unverified;
 use crate::token::{TokenError, Verifier};
 
 pub use identity::IdentityHeaders;
+pub use logout::Logout;
 use negative::NegativeCache;
+pub use rejection::Rejection;
 
 /// Who a validated token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,32 +51,6 @@ pub struct Unknown {
     learn: Option<TokenRecord>,
 }
 
-/// The longest a deny entry of a token nobody here vouched for lasts: its `exp` is unverified.
-/// A day is the Commerce API's token lifetime.
-const MAX_UNVOUCHED_LIFE: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// What a logout revokes.
-#[derive(Debug, Clone)]
-pub enum Logout {
-    /// A validated token: every token of its member, and itself.
-    Member(Identity),
-    /// A token nobody here can vouch for (deferred to the upstream): only itself.
-    Token {
-        fingerprint: Fingerprint,
-        expires_at: SystemTime,
-    },
-}
-
-impl Logout {
-    /// The member logged out, when known.
-    pub fn member(&self) -> Option<&str> {
-        match self {
-            Logout::Member(identity) => identity.member_id.as_deref(),
-            Logout::Token { .. } => None,
-        }
-    }
-}
-
 /// What to do with a request.
 #[derive(Debug)]
 pub enum Verdict {
@@ -84,69 +62,6 @@ pub enum Verdict {
     Defer(Unknown),
     /// Answer with this; never forward.
     Reject(Rejection),
-}
-
-/// Why a request was refused. Each maps to one status and `code` in `answer`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
-    /// 401 with this `code` (`token_missing`, `token_expired`, …).
-    #[error("{}", unauthorized_detail(.0))]
-    Unauthorized(&'static str),
-    /// 403: valid token, another account in the path.
-    #[error("the account token is scoped to another account")]
-    ScopeMismatch,
-    /// 403: valid token, another member in the path.
-    #[error("the account token belongs to another account member")]
-    MemberMismatch,
-    /// 503: the store could not be asked and nothing else can decide.
-    #[error("the token store is unavailable")]
-    StoreUnavailable,
-}
-
-/// The human `detail` of a 401, by its code.
-fn unauthorized_detail(code: &str) -> &'static str {
-    match code {
-        "token_missing" => "an account management token is required",
-        "token_malformed" => "the account management token is not a well-formed token",
-        "bad_signature" => "the account management token's signature is not valid",
-        "algorithm_not_allowed" => {
-            "the account management token is signed with an algorithm that is not accepted"
-        }
-        "token_expired" => "the account management token has expired",
-        "token_not_yet_valid" => "the account management token is not valid yet",
-        "token_unknown" => "the account management token was not issued to this storefront",
-        "token_revoked" => "the account management token has been revoked (logged out)",
-        _ => "the account management token is not valid",
-    }
-}
-
-impl Rejection {
-    /// The JSON:API `code` and the `token_validations_total{reason}` label.
-    pub fn code(self) -> &'static str {
-        match self {
-            Rejection::Unauthorized(code) => code,
-            Rejection::ScopeMismatch => "scope_mismatch",
-            Rejection::MemberMismatch => "member_mismatch",
-            Rejection::StoreUnavailable => "store_unavailable",
-        }
-    }
-
-    /// Every reason a rejection can give, for pre-initialising metric labels.
-    pub const REASONS: [&'static str; 13] = [
-        "token_missing",
-        "token_malformed",
-        "bad_signature",
-        "algorithm_not_allowed",
-        "token_expired",
-        "token_not_yet_valid",
-        "token_unknown",
-        "token_revoked",
-        "token_wrong_issuer",
-        "token_wrong_audience",
-        "scope_mismatch",
-        "member_mismatch",
-        "store_unavailable",
-    ];
 }
 
 /// Settings of the validator, from the configuration.
@@ -227,41 +142,12 @@ impl Validator {
     /// Validates the token of a request that must carry one but names no account in its path
     /// (logout, account switch).
     pub async fn check_token(&self, headers: &HeaderMap) -> Result<Identity, Rejection> {
-        let token = match self.token(headers) {
-            Ok(Some(token)) => token,
-            Ok(None) => return Err(self.reject(Rejection::Unauthorized("token_missing"))),
-            Err(rejection) => return Err(self.reject(rejection)),
-        };
+        let token = self.required_token(headers)?;
         match self.validate(token, None, false).await {
             Verdict::Forward(Some(identity)) => Ok(identity),
             Verdict::Reject(rejection) => Err(rejection),
             // A token nobody here can vouch for cannot log anyone out or switch accounts.
             Verdict::Defer(_) | Verdict::Forward(None) | Verdict::Untouched => {
-                Err(self.reject(Rejection::Unauthorized("token_unknown")))
-            }
-        }
-    }
-
-    /// Whose tokens a logout presenting `headers` revokes. A token nobody here can vouch for (one
-    /// `unknown = "upstream"` would defer) still logs itself out, and only itself: its claims are
-    /// unverified, so they name nobody whose tokens could be revoked with it.
-    pub async fn check_logout(&self, headers: &HeaderMap) -> Result<Logout, Rejection> {
-        let token = match self.token(headers) {
-            Ok(Some(token)) => token,
-            Ok(None) => return Err(self.reject(Rejection::Unauthorized("token_missing"))),
-            Err(rejection) => return Err(self.reject(rejection)),
-        };
-        match self.validate(token, None, false).await {
-            Verdict::Forward(Some(identity)) => Ok(Logout::Member(identity)),
-            Verdict::Reject(rejection) => Err(rejection),
-            Verdict::Defer(unknown) => Ok(Logout::Token {
-                fingerprint: unknown.fingerprint,
-                // Unverified, so capped: a made-up `exp` cannot pin an entry for years.
-                expires_at: unknown
-                    .expires_at
-                    .min(SystemTime::now() + MAX_UNVOUCHED_LIFE),
-            }),
-            Verdict::Forward(None) | Verdict::Untouched => {
                 Err(self.reject(Rejection::Unauthorized("token_unknown")))
             }
         }
@@ -285,59 +171,13 @@ impl Validator {
         }
     }
 
-    /// Logout: revokes every known token of the member and the presented token itself (which
-    /// the store may not know, in the signature modes), or only the presented token when nobody
-    /// can vouch for it; the number newly revoked.
-    pub async fn revoke(&self, logout: &Logout) -> Result<u64, Rejection> {
-        let (fingerprint, expires_at, member) = match logout {
-            Logout::Member(identity) => (
-                identity.fingerprint,
-                identity.expires_at,
-                identity.member_id.as_deref(),
-            ),
-            Logout::Token {
-                fingerprint,
-                expires_at,
-            } => (*fingerprint, *expires_at, None),
-        };
-        let mut revoked = match member {
-            Some(member) => self.revoke_member(member).await?,
-            None => 0,
-        };
-        let newly = self
-            .store
-            .revoke(&fingerprint, expires_at, member)
-            .await
-            .map_err(|_| Rejection::StoreUnavailable)?;
-        if newly {
-            revoked += 1;
-            self.revoked(&[fingerprint]);
+    /// The token of a request that must carry one (counted as a rejection when it does not).
+    fn required_token<'h>(&self, headers: &'h HeaderMap) -> Result<&'h str, Rejection> {
+        match self.token(headers) {
+            Ok(Some(token)) => Ok(token),
+            Ok(None) => Err(self.reject(Rejection::Unauthorized("token_missing"))),
+            Err(rejection) => Err(self.reject(rejection)),
         }
-        Ok(revoked)
-    }
-
-    /// Revokes every known token of `member`; the number revoked.
-    pub async fn revoke_member(&self, member: &str) -> Result<u64, Rejection> {
-        let records = self
-            .store
-            .revoke_member(member)
-            .await
-            .map_err(|_| Rejection::StoreUnavailable)?;
-        let fingerprints: Vec<Fingerprint> = records.iter().map(|r| r.fingerprint).collect();
-        self.revoked(&fingerprints);
-        Ok(fingerprints.len() as u64)
-    }
-
-    /// Bookkeeping after revocation: the verified cache forgets, the metrics count.
-    fn revoked(&self, fingerprints: &[Fingerprint]) {
-        if let Some(verifier) = &self.verifier {
-            for fingerprint in fingerprints {
-                verifier.invalidate(fingerprint);
-            }
-        }
-        self.metrics
-            .tokens_revoked_total
-            .inc_by(fingerprints.len() as u64);
     }
 
     /// The token in the configured header: `None` when absent or empty, an error when there
