@@ -299,10 +299,10 @@ async fn revoke_silently(redis: &TestRedis, token: &str, member: &str) -> Finger
 }
 
 #[tokio::test]
-async fn revocations_present_before_a_replica_starts_are_loaded_in_pages() {
+async fn revocations_present_before_a_replica_starts_are_loaded() {
     let redis = TestRedis::start().await;
     let a = store(&redis, false);
-    // More than a page, all with the same end: the pages must step through equal scores.
+    // More than a page of the scan, all with the same end.
     let until = SystemTime::now() + DAY;
     let fps: Vec<Fingerprint> = (0..2_500)
         .map(|i| Fingerprint::of(&format!("t{i}")))
