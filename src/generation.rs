@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::admin_api::AdminApi;
+use crate::config::SecretError;
 use crate::config::{Config, Secret, SecretRef};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Upstream};
@@ -36,6 +37,10 @@ pub struct Generation {
     pub api: Option<AdminApi>,
     /// Token-request rate limits, kept across reloads that do not change them.
     limiter: Arc<RateLimiter>,
+    /// SHA-256 of the key material the verifier was built with (the HS256 secret, the public key
+    /// file): a reload whose references are unchanged but whose keys changed (a rotated Secret)
+    /// builds a new verifier, and with it an empty verified cache.
+    keys_digest: Option<[u8; 32]>,
 }
 
 impl Generation {
@@ -46,24 +51,35 @@ impl Generation {
         previous: Option<&Generation>,
     ) -> Result<Generation, StartError> {
         let upstream = Upstream::new(&config.upstream)?;
-        let verifier = match previous {
-            Some(old)
+        let settings = config
+            .tokens
+            .mode
+            .checks_signatures()
+            .then(|| signature_settings(&config))
+            .transpose()?;
+        let keys_digest = settings.as_ref().map(key_material_digest);
+        let verifier = match (previous, settings) {
+            (Some(old), Some(_))
                 if old.config.tokens.signature == config.tokens.signature
-                    && old.config.tokens.mode.checks_signatures()
-                        == config.tokens.mode.checks_signatures()
+                    && old.keys_digest == keys_digest
                     && old.config.tokens.leeway == config.tokens.leeway
                     && old.config.tokens.cache_max_entries == config.tokens.cache_max_entries =>
             {
                 old.verifier.clone()
             }
-            _ if config.tokens.mode.checks_signatures() => {
-                let verifier = Arc::new(Verifier::new(signature_settings(&config)?).await?);
+            (previous, Some(settings)) => {
+                if previous.is_some_and(|old| old.keys_digest.is_some()) {
+                    tracing::info!(
+                        "signature keys or settings changed: verifier and its cache rebuilt"
+                    );
+                }
+                let verifier = Arc::new(Verifier::new(settings).await?);
                 if let Some(events) = shared.store.revocation_events() {
                     tokio::spawn(forget_revoked(Arc::downgrade(&verifier), events));
                 }
                 Some(verifier)
             }
-            _ => None,
+            (_, None) => None,
         };
         let limiter = match previous {
             Some(old) if old.config.rate_limit == config.rate_limit => old.limiter.clone(),
@@ -97,6 +113,7 @@ impl Generation {
             verifier,
             api,
             limiter,
+            keys_digest,
         })
     }
 }
@@ -149,6 +166,41 @@ fn validator_settings(config: &Config) -> ValidatorSettings {
     }
 }
 
+/// SHA-256 over the key material of `settings`, each piece length-prefixed.
+fn key_material_digest(settings: &SignatureSettings) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    let pieces = settings.hs256_secret.iter().chain(&settings.public_keys);
+    for piece in pieces {
+        digest.update((piece.len() as u64).to_le_bytes());
+        digest.update(piece);
+    }
+    digest.update([u8::from(settings.hs256_secret.is_some())]);
+    digest.finalize().into()
+}
+
+/// The files a configuration refers to (secrets, keys, CAs): a change to one of them is a change
+/// of the configuration, and reloads it.
+pub(crate) fn referenced_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let signature = &config.tokens.signature;
+    let admin = match &config.admin.token {
+        Some(SecretRef::File(path)) => Some(path),
+        _ => None,
+    };
+    [
+        signature.hs256_secret_file.as_ref(),
+        signature.public_key_file.as_ref(),
+        signature.jwks_ca_file.as_ref(),
+        config.store.redis_password_file.as_ref(),
+        config.upstream.ca_file.as_ref(),
+        admin,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect()
+}
+
 /// The verifier's settings: secrets resolved and key files read.
 fn signature_settings(config: &Config) -> Result<SignatureSettings, StartError> {
     let signature = &config.tokens.signature;
@@ -156,7 +208,16 @@ fn signature_settings(config: &Config) -> Result<SignatureSettings, StartError> 
         signature.hs256_secret().as_ref(),
         "tokens.signature.hs256_secret",
     )?
-    .map(|secret| secret.expose().as_bytes().to_vec());
+    .map(|secret| {
+        signature
+            .hs256_secret_encoding
+            .decode(secret.expose())
+            .ok_or(StartError::Secret {
+                key: "tokens.signature.hs256_secret".to_owned(),
+                source: SecretError::Encoding("base64"),
+            })
+    })
+    .transpose()?;
     let public_keys = match &signature.public_key_file {
         None => Vec::new(),
         Some(path) => vec![std::fs::read(path).map_err(|source| StartError::KeyFile {

@@ -83,6 +83,9 @@ pub struct Metrics {
     pub revocations_held: IntGauge,
     /// `config_reloads_total{outcome}`: configuration reloads, `success` or `failure`.
     pub config_reloads_total: IntCounterVec,
+    /// `config_restart_required`: 1 once a reload changed a key only a restart applies (the
+    /// running value was kept), until the process restarts.
+    pub config_restart_required: IntGauge,
     /// `connections_open{listener}`: client connections open now.
     pub connections_open: IntGaugeVec,
     /// `connections_closed_total{listener,reason}`: client connections ended, by why.
@@ -239,6 +242,11 @@ impl Metrics {
             }
         }
         registry.register(Box::new(config_reloads_total.clone()))?;
+        let config_restart_required = IntGauge::new(
+            "config_restart_required",
+            "1 once a reload changed a setting that only a restart applies (its running value is kept and logged), until the process restarts.",
+        )?;
+        registry.register(Box::new(config_restart_required.clone()))?;
         registry.register(Box::new(token_validations_total.clone()))?;
         registry.register(Box::new(verified_cache_hits_total.clone()))?;
         registry.register(Box::new(verified_cache_misses_total.clone()))?;
@@ -333,6 +341,7 @@ impl Metrics {
             revocations_held,
             tokens_revoked_total,
             config_reloads_total,
+            config_restart_required,
             connections_open,
             connections_closed_total,
             requests_in_flight,

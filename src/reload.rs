@@ -1,5 +1,5 @@
-//! Live reload: on SIGHUP, or when the configuration file's content changes (which is how an
-//! updated Kubernetes ConfigMap arrives), the file is loaded and checked; a valid configuration
+//! Live reload: on SIGHUP, or when the content of the configuration file or of a file it refers
+//! to changes (which is how an updated Kubernetes ConfigMap or Secret arrives), the file is loaded and checked; a valid configuration
 //! becomes the next [`Generation`], swapped in atomically for new requests while in-flight ones
 //! finish on the old; an invalid one is refused with every error logged, and the old one stays.
 //!
@@ -46,18 +46,18 @@ pub struct Reloader {
     path: PathBuf,
     shared: Shared,
     current: Arc<ArcSwap<Generation>>,
-    /// The file's digest when this reloader was made: taken here, before the gateway reports
-    /// ready, and not when the watching task first runs, which under load can be after the
-    /// file has already changed (the change would then never be seen).
+    /// The digest of the file and of every file it refers to when this reloader was made:
+    /// taken here, before the gateway reports ready, and not when the watching task first runs,
+    /// which under load can be after a file has already changed (the change would then never
+    /// be seen).
     made_at: Option<[u8; 32]>,
 }
 
 impl Reloader {
     /// A reloader of `path` into `current`.
     pub fn new(path: PathBuf, shared: Shared, current: Arc<ArcSwap<Generation>>) -> Self {
-        let made_at = std::fs::read(&path)
-            .ok()
-            .map(|bytes| Sha256::digest(&bytes).into());
+        let referenced = crate::generation::referenced_files(&current.load().config);
+        let made_at = digest_of(&path, &referenced);
         Reloader {
             path,
             shared,
@@ -84,11 +84,16 @@ impl Reloader {
             Ok(reloaded) if reloaded.restart_needed.is_empty() => {
                 tracing::info!(path = %self.path.display(), "configuration reloaded");
             }
-            Ok(reloaded) => tracing::warn!(
-                path = %self.path.display(),
-                restart_needed = ?reloaded.restart_needed,
-                "configuration reloaded; these changes need a restart and were not applied"
-            ),
+            Ok(reloaded) => {
+                self.shared.metrics.config_restart_required.set(1);
+                for key in &reloaded.restart_needed {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        key,
+                        "configuration reloaded, but this change needs a restart: the running value is kept"
+                    );
+                }
+            }
             Err(error) => {
                 for line in error.to_string().lines() {
                     tracing::error!(path = %self.path.display(), "reload refused: {line}");
@@ -147,10 +152,29 @@ impl Reloader {
         }
     }
 
+    /// The digest of the configuration file and of the files the running configuration refers
+    /// to (secrets, keys, CAs: a rotated Kubernetes Secret changes those, not the file).
     async fn digest(&self) -> Option<[u8; 32]> {
-        let bytes = tokio::fs::read(&self.path).await.ok()?;
-        Some(Sha256::digest(&bytes).into())
+        let referenced = crate::generation::referenced_files(&self.current.load().config);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || digest_of(&path, &referenced))
+            .await
+            .ok()
+            .flatten()
     }
+}
+
+/// SHA-256 over the configuration file and each referenced file (a missing referenced file
+/// counts as empty: its disappearance is a change too); `None` if the configuration file cannot
+/// be read.
+fn digest_of(path: &std::path::Path, referenced: &[PathBuf]) -> Option<[u8; 32]> {
+    let mut digest = Sha256::new();
+    let config = std::fs::read(path).ok()?;
+    digest.update(Sha256::digest(&config));
+    for file in referenced {
+        digest.update(Sha256::digest(std::fs::read(file).unwrap_or_default()));
+    }
+    Some(digest.finalize().into())
 }
 
 #[cfg(unix)]
@@ -206,8 +230,20 @@ fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
         server.config_poll_interval,
         log.level,
         log.format,
+        // The store is built once: its connections, L1 and deny-list live as long as the
+        // process, and a record written under one prefix or URL is not found under another.
         store.backend,
         store.max_entries,
+        store.redis_url,
+        store.redis_cluster,
+        store.redis_password_env,
+        store.redis_password_file,
+        store.redis_pool_size,
+        store.command_timeout,
+        store.key_prefix,
+        store.l1_ttl,
+        store.l1_max_entries,
+        store.max_revoked_per_member,
     );
     changed
 }

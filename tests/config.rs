@@ -460,6 +460,7 @@ token = "off"
             "ACCOUNT_GATE__TOKENS__SIGNATURE__JWKS_URL",
             "http://127.0.0.1:9/jwks",
         ),
+        ("ACCOUNT_GATE__TOKENS__SIGNATURE__JWKS_ALLOW_HTTP", "true"),
         ("ACCOUNT_GATE__TOKENS__MODE", "either"),
     ];
     let config = ok(text, &env).config;
@@ -520,4 +521,46 @@ fn connection_limits_take_defaults_overrides_and_range_checks_like_other_keys() 
         ],
         "{errors}"
     );
+}
+
+#[test]
+fn a_jwks_url_must_be_https_unless_plain_http_is_allowed() {
+    let with = |url: &str| {
+        format!(
+            "{MINIMAL}[tokens]\nmode = \"signature\"\n[tokens.signature]\njwks_url = \"{url}\"\n"
+        )
+    };
+    let plain = errors(&with("http://keys.internal/jwks"), &[]);
+    assert_eq!(keys(&plain), ["tokens.signature.jwks_url"]);
+    assert!(plain.to_string().contains("jwks_allow_http"), "{plain}");
+    ok(
+        &format!(
+            "{}jwks_allow_http = true\n",
+            with("http://127.0.0.1:8080/jwks")
+        ),
+        &[],
+    );
+    ok(&with("https://keys.example/jwks"), &[]);
+    let other = errors(&with("ftp://keys"), &[]);
+    assert!(other.to_string().contains("not an https:// URL"), "{other}");
+}
+
+#[test]
+fn an_hs256_secret_may_be_base64_for_a_key_of_raw_bytes() {
+    let with = |encoding: &str| {
+        format!(
+            "{MINIMAL}[tokens]\nmode = \"signature\"\n[tokens.signature]\n\
+             hs256_secret_env = \"K\"\nhs256_secret_encoding = \"{encoding}\"\n"
+        )
+    };
+    ok(&with("base64"), &[("K", "AAEC/w==")]);
+    ok(&with("base64"), &[("K", " AAEC/w\n")]);
+    let refused = errors(&with("base64"), &[("K", "not base64!")]);
+    assert_eq!(keys(&refused), ["tokens.signature.hs256_secret_env"]);
+    assert!(
+        !refused.to_string().contains("not base64!"),
+        "the value is never shown"
+    );
+    ok(&with("text"), &[("K", "not base64!")]);
+    errors(&with("hex"), &[("K", "00")]);
 }

@@ -75,6 +75,10 @@ async fn a_valid_change_is_swapped_in_under_load_without_a_failed_request() {
     let reloader = gateway.reloader.as_ref().expect("reloader");
     let reloaded = reloader.reload().await.expect("valid config reloads");
     assert!(reloaded.restart_needed.is_empty());
+    assert!(gateway
+        .metrics()
+        .await
+        .contains("account_gate_config_restart_required 0"));
     let at_swap = new.calls();
     wait_until("load reaches the new upstream", || async {
         new.calls() > at_swap + 20
@@ -162,6 +166,10 @@ async fn a_changed_file_is_reloaded_by_itself_and_fixed_settings_are_reported() 
     .await;
     let metrics = gateway.metrics().await;
     assert_eq!(reloads(&metrics, "success"), 1);
+    assert!(
+        metrics.contains("account_gate_config_restart_required 1"),
+        "{metrics}"
+    );
     // Reloading by hand reports what was kept.
     let reloaded = gateway
         .reloader
@@ -171,6 +179,23 @@ async fn a_changed_file_is_reloaded_by_itself_and_fixed_settings_are_reported() 
         .await
         .expect("reload");
     assert_eq!(reloaded.restart_needed, ["server.max_connections"]);
+
+    // The store is built once: a change to it is reported, not silently ignored.
+    write(
+        &path,
+        &format!("{changed}\n[store]\nkey_prefix = \"other:\"\nl1_ttl = \"2s\"\n"),
+    );
+    let reloaded = gateway
+        .reloader
+        .as_ref()
+        .expect("reloader")
+        .reload()
+        .await
+        .expect("reload");
+    assert_eq!(
+        reloaded.restart_needed,
+        ["server.max_connections", "store.key_prefix", "store.l1_ttl"]
+    );
 }
 
 #[test]
@@ -227,4 +252,75 @@ fn sighup_reloads_the_running_binary() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     assert!(child.wait().expect("exit").success());
+}
+
+/// A GET of account-1 with `token`: its status and error code.
+async fn account_answer(gateway: &common::RunningGateway, token: &str) -> (StatusCode, String) {
+    let answer = common::commerce::Commerce::new(&gateway.url(""))
+        .send(
+            http::Method::GET,
+            "/v2/accounts/account-1",
+            &[(common::commerce::ACCOUNT_TOKEN, token)],
+            "",
+        )
+        .await;
+    let code = if answer.status.is_success() {
+        String::new()
+    } else {
+        answer.error_code_and_pointer().0
+    };
+    (answer.status, code)
+}
+
+#[tokio::test]
+async fn rotated_signing_keys_are_picked_up_and_the_old_ones_stop_at_once() {
+    use common::keys::{TestKey, RSA_A_PUB, RSA_B_PUB};
+    let upstream = TestUpstream::http().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (secret, pem) = (dir.path().join("hs256"), dir.path().join("key.pem"));
+    // Rotation as a Kubernetes Secret does it: the files change, the configuration does not.
+    write(&secret, "first-secret-of-thirty-two-bytes!!\n");
+    write(&pem, std::str::from_utf8(RSA_A_PUB).expect("pem"));
+    let path = dir.path().join("account-gate.toml");
+    let extra = format!(
+        "config_poll_interval = \"100ms\"\n[tokens]\nmode = \"signature\"\n\
+         [tokens.signature]\nalgorithms = [\"HS256\", \"RS256\"]\n\
+         hs256_secret_file = \"{}\"\npublic_key_file = \"{}\"\n",
+        secret.display(),
+        pem.display()
+    );
+    write(&path, &config_text(&upstream.url, &extra));
+    let gateway = TestGateway::from_file(&path).start().await;
+
+    let (old_hs, old_rs) = (
+        TestKey::hmac(b"first-secret-of-thirty-two-bytes!!").token(None),
+        TestKey::rsa_a().token(None),
+    );
+    let (new_hs, new_rs) = (
+        TestKey::hmac(b"second-secret-of-thirty-two-bytes!").token(None),
+        TestKey::rsa_b().token(None),
+    );
+    // Both old tokens verified, so both sit in the verified cache.
+    for token in [&old_hs, &old_rs] {
+        assert_eq!(account_answer(&gateway, token).await.0, StatusCode::OK);
+    }
+    assert_eq!(account_answer(&gateway, &new_hs).await.1, "bad_signature");
+
+    write(&secret, "second-secret-of-thirty-two-bytes!\n");
+    write(&pem, std::str::from_utf8(RSA_B_PUB).expect("pem"));
+    wait_until("the rotated keys are in force", || async {
+        account_answer(&gateway, &new_hs).await.0 == StatusCode::OK
+            && account_answer(&gateway, &new_rs).await.0 == StatusCode::OK
+    })
+    .await;
+    // The old keys' tokens are refused at once, not served from the cache.
+    for token in [&old_hs, &old_rs] {
+        assert_eq!(
+            account_answer(&gateway, token).await,
+            (StatusCode::UNAUTHORIZED, "bad_signature".to_owned())
+        );
+    }
+    let metrics = gateway.metrics().await;
+    assert!(reloads(&metrics, "success") >= 1);
+    assert!(metrics.contains("account_gate_config_restart_required 0"));
 }

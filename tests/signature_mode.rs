@@ -165,6 +165,31 @@ async fn every_key_family_is_verified_and_scoped() {
 }
 
 #[tokio::test]
+async fn an_hs256_key_of_raw_bytes_is_configured_in_base64() {
+    use base64::Engine;
+    // Bytes no text file could hold: a NUL, invalid UTF-8, a trailing newline byte.
+    let raw: Vec<u8> = (0u8..=31).chain([0xff, 0xfe, b'\n']).collect();
+    let files = KeyFiles::new();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&raw);
+    let path = files.write("hs256.b64", format!("{encoded}\n").as_bytes());
+    let upstream = TestUpstream::http().await;
+    let gateway = gateway(&upstream, &["HS256"], |c| {
+        c.tokens.signature.hs256_secret_file = Some(path);
+        c.tokens.signature.hs256_secret_encoding = account_gate::config::SecretEncoding::Base64;
+    })
+    .await;
+    let token = TestKey::hmac(&raw).token(None);
+    assert_eq!(
+        get(&gateway, "/v2/accounts/account-1", &token).await.status,
+        StatusCode::OK
+    );
+    // The base64 text itself is not the key.
+    let as_text = TestKey::hmac(encoded.as_bytes()).token(None);
+    let refused = get(&gateway, "/v2/accounts/account-1", &as_text).await;
+    assert_eq!(code(&refused), "bad_signature");
+}
+
+#[tokio::test]
 async fn refused_algorithms_and_forgeries_never_reach_the_upstream() {
     let files = KeyFiles::new();
     let rsa_pub = files.write("rsa.pem", RSA_A_PUB);

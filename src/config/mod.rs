@@ -59,8 +59,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use schema::schema_keys;
 pub use secret::{Secret, SecretError, SecretRef};
 pub use sections::{
-    Http2Config, RateLimitConfig, SignatureConfig, SignupConfig, StoreBackend, StoreConfig,
-    TokenMode, TokensConfig, UnknownTokens,
+    Http2Config, RateLimitConfig, SecretEncoding, SignatureConfig, SignupConfig, StoreBackend,
+    StoreConfig, TokenMode, TokensConfig, UnknownTokens,
 };
 
 /// The whole, validated configuration of one gateway.

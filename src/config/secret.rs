@@ -35,6 +35,9 @@ pub enum SecretError {
     /// The value is empty; an empty secret would let an empty credential through.
     #[error("{0} is empty")]
     Empty(String),
+    /// The value is not in the encoding the configuration says (`hs256_secret_encoding`).
+    #[error("the value is not {0}")]
+    Encoding(&'static str),
 }
 
 impl SecretRef {

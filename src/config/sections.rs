@@ -283,6 +283,34 @@ pub enum UnknownTokens {
     Reject,
 }
 
+/// How a secret's value is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretEncoding {
+    /// The value's UTF-8 bytes.
+    #[default]
+    Text,
+    /// Base64 of the bytes.
+    Base64,
+}
+
+impl SecretEncoding {
+    /// The key bytes `value` stands for; `None` if it is not in this encoding.
+    pub fn decode(self, value: &str) -> Option<Vec<u8>> {
+        use base64::Engine;
+        match self {
+            SecretEncoding::Text => Some(value.as_bytes().to_vec()),
+            SecretEncoding::Base64 => {
+                let compact: String = value.split_whitespace().collect();
+                base64::engine::general_purpose::STANDARD_NO_PAD
+                    .decode(compact.trim_end_matches('='))
+                    .ok()
+                    .filter(|bytes| !bytes.is_empty())
+            }
+        }
+    }
+}
+
 /// `[tokens.signature]`: keys, pinned algorithms and claim checks for signature validation.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -296,12 +324,19 @@ pub struct SignatureConfig {
     /// File holding the HS256 secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hs256_secret_file: Option<std::path::PathBuf>,
+    /// How the HS256 secret is written: `text` (default; its UTF-8 bytes are the key, a file's
+    /// trailing newline removed, nothing else trimmed) or `base64` (standard alphabet, padding
+    /// optional, surrounding whitespace ignored: for a key of raw bytes).
+    pub hs256_secret_encoding: SecretEncoding,
     /// PEM file with a public key (RSA, EC or Ed25519).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_key_file: Option<std::path::PathBuf>,
-    /// JWKS document to fetch keys from (http or https).
+    /// JWKS document to fetch keys from: `https://`, or `http://` with `jwks_allow_http`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
+    /// Allows an `http://` `jwks_url` (keys fetched in clear can be replaced on the way: only for
+    /// a JWKS served on the same host or pod). Default false.
+    pub jwks_allow_http: bool,
     /// Extra CA (PEM) for an https `jwks_url`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_ca_file: Option<std::path::PathBuf>,
@@ -340,6 +375,8 @@ impl Default for SignatureConfig {
             algorithms: vec!["HS256".to_owned()],
             hs256_secret_env: None,
             hs256_secret_file: None,
+            hs256_secret_encoding: SecretEncoding::Text,
+            jwks_allow_http: false,
             public_key_file: None,
             jwks_url: None,
             jwks_ca_file: None,

@@ -296,12 +296,21 @@ fn validate_tokens(
             "hs256_secret_env and hs256_secret_file are both set; set one of them",
         );
     } else if let Some(secret) = signature.hs256_secret() {
-        if let Err(e) = secret.resolve_with(lookup) {
-            let key = match secret {
-                SecretRef::Env(_) => "tokens.signature.hs256_secret_env",
-                SecretRef::File(_) => "tokens.signature.hs256_secret_file",
-            };
-            report.warn(key, e);
+        let key = match secret {
+            SecretRef::Env(_) => "tokens.signature.hs256_secret_env",
+            SecretRef::File(_) => "tokens.signature.hs256_secret_file",
+        };
+        match secret.resolve_with(lookup) {
+            Err(e) => report.warn(key, e),
+            Ok(value) => {
+                let encoding = signature.hs256_secret_encoding;
+                if encoding.decode(value.expose()).is_none() {
+                    report.invalid(
+                        key,
+                        "the secret is not base64, as tokens.signature.hs256_secret_encoding says",
+                    );
+                }
+            }
         }
     }
     for (key, path) in [
@@ -318,14 +327,22 @@ fn validate_tokens(
         }
     }
     if let Some(url) = &signature.jwks_url {
-        let ok = url
-            .parse::<Uri>()
-            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
-        if !ok {
-            report.invalid(
+        let parsed = url.parse::<Uri>().ok().filter(|u| u.host().is_some());
+        match parsed.as_ref().and_then(Uri::scheme_str) {
+            Some("https") => {}
+            Some("http") if signature.jwks_allow_http => {}
+            Some("http") => report.invalid(
                 "tokens.signature.jwks_url",
-                format!("{url:?} is not an http:// or https:// URL"),
-            );
+                format!(
+                    "{url:?} is plain http: keys fetched in clear can be replaced on the way; use \
+                     https://, or set tokens.signature.jwks_allow_http = true for a JWKS served on \
+                     this host or pod"
+                ),
+            ),
+            _ => report.invalid(
+                "tokens.signature.jwks_url",
+                format!("{url:?} is not an https:// URL"),
+            ),
         }
     }
     if tokens.mode.checks_signatures() {

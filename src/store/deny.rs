@@ -18,8 +18,8 @@
 //!   bounded by the logout rate limit per client, not here.
 //!
 //! Memory (`cargo bench --bench store_memory`, which prints it first): a token entry is a
-//! fingerprint and an expiry in a hash map, plus the expiry in its member's list; a member is
-//! known by 16 bytes of a digest. See the bench's report for the bytes per revocation.
+//! fingerprint and an expiry in a hash map, plus its member's count; a member is known by 16
+//! bytes of a digest. See the bench's report for the bytes per revocation.
 //!
 //! # Why it is hand-written
 //!
@@ -57,7 +57,7 @@ pub struct DenyList {
 struct Inner {
     /// Fingerprint → end of its entry (ms).
     tokens: Box<[Mutex<TokenStripe>]>,
-    /// Member id → its entries and watermark.
+    /// Member → how many entries it holds, and its watermark once folded.
     members: Box<[Mutex<MemberStripe>]>,
     max_per_member: usize,
     /// Watermarks held (live or not yet swept): while zero, [`DenyList::member_denied`] answers
@@ -72,8 +72,14 @@ struct TokenStripe {
     sweep_at: usize,
 }
 
-/// Member id → its entries and watermark.
-type MemberStripe = HashMap<MemberKey, Member>;
+/// What the list knows of members: how many entries each holds, and the folded ones.
+#[derive(Default)]
+struct MemberStripe {
+    quotas: HashMap<MemberKey, Quota>,
+    /// Folded members (rare): (cutoff, end), every token issued at or before `cutoff` is revoked
+    /// until `end`.
+    folded: HashMap<MemberKey, (u64, u64)>,
+}
 
 /// A member as the list knows it: 16 bytes of the SHA-256 of the id. Shorter than the id (36
 /// bytes for a UUID, in an allocation of its own), and no client picks which stripe it lands in.
@@ -86,28 +92,23 @@ fn member_key(member: &str) -> MemberKey {
     key
 }
 
-#[derive(Default)]
-struct Member {
-    /// The ends of the member's token entries, at most `max_per_member` (the entries themselves
-    /// are in the token map; this counts them and remembers the latest end).
-    ends: Vec<u64>,
-    /// (cutoff, end): every token issued at or before `cutoff` is revoked until `end`.
-    watermark: Option<(u64, u64)>,
+/// A member's entries, counted until the latest of them ends. An entry that ends earlier is
+/// still counted until then: a member can be folded a little early, never late, and the count
+/// costs 16 bytes instead of a list of ends.
+#[derive(Clone, Copy, Default)]
+struct Quota {
+    held: u32,
+    /// The latest end among the entries counted (ms).
+    until: u64,
 }
 
-impl Member {
-    /// Forgets what has ended; `true` if the watermark went.
-    fn prune(&mut self, now: u64) -> bool {
-        self.ends.retain(|&end| end > now);
-        let dead = self.watermark.is_some_and(|(_, end)| end <= now);
-        if dead {
-            self.watermark = None;
-        }
-        dead
-    }
-
-    fn is_empty(&self) -> bool {
-        self.ends.is_empty() && self.watermark.is_none()
+impl MemberStripe {
+    /// Forgets what has ended (`watermarks` counts the folded members held).
+    fn prune(&mut self, now: u64, watermarks: &AtomicUsize) {
+        self.quotas.retain(|_, quota| quota.until > now);
+        let before = self.folded.len();
+        self.folded.retain(|_, (_, end)| *end > now);
+        watermarks.fetch_sub(before - self.folded.len(), Ordering::Relaxed);
     }
 }
 
@@ -157,28 +158,30 @@ impl DenyList {
         let inner = &*self.inner;
         let key = member_key(member);
         let mut members = lock(inner.member_stripe(&key));
-        let entry = members.entry(key).or_default();
-        if entry.prune(now) {
-            inner.watermarks.fetch_sub(1, Ordering::Relaxed);
-        }
         if inner.token_denied(&fp, now) {
             // Held already: extended, not counted twice.
             return inner.deny_token(fp, until, now);
         }
-        if entry.ends.len() < inner.max_per_member {
-            // Most members hold one or two: grow by one, not to the usual four.
-            entry.ends.reserve_exact(1);
-            entry.ends.push(until);
+        let quota = members.quotas.entry(key).or_default();
+        if quota.until <= now {
+            *quota = Quota::default();
+        }
+        if (quota.held as usize) < inner.max_per_member {
+            quota.held += 1;
+            quota.until = quota.until.max(until);
             return inner.deny_token(fp, until, now);
         }
         // Folded: the watermark covers this token (issued before now) and all the member's
         // earlier ones, until the latest end the member has seen.
-        let latest = entry.ends.iter().copied().max().unwrap_or(0);
-        let (cutoff, end) = entry.watermark.unwrap_or((0, 0));
-        if entry.watermark.is_none() {
+        let latest = quota.until;
+        let watermark = members.folded.entry(key).or_insert_with(|| {
             inner.watermarks.fetch_add(1, Ordering::Relaxed);
+            (0, 0)
+        });
+        if watermark.1 <= now {
+            *watermark = (0, 0);
         }
-        entry.watermark = Some((cutoff.max(now), end.max(until).max(latest)));
+        *watermark = (watermark.0.max(now), watermark.1.max(until).max(latest));
         tracing::debug!(
             fingerprint = %fp,
             "member over its revocation quota: its tokens issued until now are revoked together"
@@ -200,7 +203,7 @@ impl DenyList {
         }
         let key = member_key(member);
         let members = lock(inner.member_stripe(&key));
-        let Some((cutoff, end)) = members.get(&key).and_then(|m| m.watermark) else {
+        let Some(&(cutoff, end)) = members.folded.get(&key) else {
             return false;
         };
         end > now() && issued_at.is_none_or(|at| millis(at) <= cutoff)
@@ -219,13 +222,8 @@ impl DenyList {
         }
         for stripe in inner.members.iter() {
             let mut members = lock(stripe);
-            members.retain(|_, member| {
-                if member.prune(now) {
-                    inner.watermarks.fetch_sub(1, Ordering::Relaxed);
-                }
-                held += u64::from(member.watermark.is_some());
-                !member.is_empty()
-            });
+            members.prune(now, &inner.watermarks);
+            held += members.folded.len() as u64;
         }
         held
     }
