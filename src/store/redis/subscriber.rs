@@ -129,7 +129,7 @@ impl Subscriber {
 
     /// Handles a full entry: into the replica, out of the L1.
     fn entry(&self, payload: &str) {
-        let Some(entry) = DenyEntry::from_message(payload.trim()) else {
+        let Some(entry) = DenyEntry::from_message(payload) else {
             tracing::debug!("ignoring a malformed revocation entry");
             return;
         };
