@@ -103,12 +103,15 @@ impl Replica {
     /// watermark's cutoff, so its token was issued before) is held as a token entry without its
     /// member: applied with its member, it would fold the member again *now*, and every resync
     /// would move the watermark forward past tokens the member was issued since, refusing them.
-    pub(super) fn apply(&self, entry: &DenyEntry) {
-        let member = entry
-            .member
-            .as_deref()
-            .filter(|member| !self.deny.member_denied(member, Some(entry.revoked_at)));
-        self.deny.deny(entry.fp, entry.end, member);
+    ///
+    /// Returns whether the replica held nothing covering the entry before.
+    pub(super) fn apply(&self, entry: &DenyEntry) -> bool {
+        let member = entry.member.as_deref();
+        let folded = member.is_some_and(|m| self.deny.member_denied(m, Some(entry.revoked_at)));
+        let held = folded || self.deny.is_denied(&entry.fp);
+        self.deny
+            .deny(entry.fp, entry.end, member.filter(|_| !folded));
+        !held
     }
 }
 
@@ -137,9 +140,15 @@ impl Resync {
             let subscribed = self.replica.subscribed.load(Ordering::SeqCst);
             let started = Instant::now();
             match self.load().await {
-                Ok(read) => {
+                Ok((read, missed)) => {
                     wait = self.every;
                     failures = 0;
+                    if missed > 0 && self.replica.is_loaded() {
+                        tracing::info!(
+                            missed,
+                            "re-sync found revocations this replica had not heard of (messages lost while it was cut off, or from an earlier version)"
+                        );
+                    }
                     let complete = subscribed
                         && self.replica.subscribed.load(Ordering::SeqCst)
                         && self.replica.sessions.load(Ordering::SeqCst) == session;
@@ -179,8 +188,8 @@ impl Resync {
     /// same millisecond, then revoked) made each page skip all the equal ones before it — a
     /// million equal ends took 105 s to load, against seconds now. An entry added or trimmed
     /// meanwhile may be missed (its message brings it) or read twice (harmless). Returns the
-    /// entries read.
-    async fn load(&self) -> Result<usize, StoreError> {
+    /// entries read, and how many of them the replica did not hold yet.
+    async fn load(&self) -> Result<(usize, usize), StoreError> {
         let now = unix_ms(SystemTime::now());
         let key = self.key.clone();
         self.pool
@@ -188,7 +197,7 @@ impl Resync {
                 c.zrembyscore::<_, _, _, i64>(key, "-inf", now).await
             })
             .await?;
-        let (mut cursor, mut read) = (0u64, 0usize);
+        let (mut cursor, mut read, mut missed) = (0u64, 0usize, 0usize);
         loop {
             let key = self.key.clone();
             let (next, page): (u64, Vec<(String, f64)>) = self
@@ -210,12 +219,12 @@ impl Resync {
                     continue;
                 }
                 if let Some(entry) = DenyEntry::from_set_member(member, end) {
-                    self.replica.apply(&entry);
+                    missed += usize::from(self.replica.apply(&entry));
                     read += 1;
                 }
             }
             if next == 0 {
-                return Ok(read);
+                return Ok((read, missed));
             }
             cursor = next;
         }
