@@ -23,6 +23,9 @@ use crate::StartError;
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub store: Arc<Store>,
+    /// The data listener's TLS settings (`[server.tls]`): each reload reads the certificate
+    /// files again and swaps them in for new handshakes.
+    pub listener_tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
 }
 
 /// The state built from one configuration.
@@ -51,6 +54,11 @@ impl Generation {
         previous: Option<&Generation>,
     ) -> Result<Generation, StartError> {
         let upstream = Upstream::new(&config.upstream)?;
+        let listener_tls = match (&shared.listener_tls, &config.server.tls, previous) {
+            // At start the listener's settings were just built from these files.
+            (Some(_), Some(tls), Some(_)) => Some(Arc::new(crate::tls::server_config(tls)?)),
+            _ => None,
+        };
         let settings = config
             .tokens
             .mode
@@ -99,6 +107,10 @@ impl Generation {
             shared.store.clone(),
             shared.metrics.clone(),
         );
+        if let (Some(handle), Some(next)) = (&shared.listener_tls, listener_tls) {
+            // Only once everything else built: a reload that fails keeps the old certificate.
+            handle.store(next);
+        }
         let gateway = Arc::new(Gateway::new(
             upstream,
             signup,
@@ -187,7 +199,11 @@ pub(crate) fn referenced_files(config: &Config) -> Vec<std::path::PathBuf> {
         Some(SecretRef::File(path)) => Some(path),
         _ => None,
     };
+    let tls = config.server.tls.as_ref();
     [
+        tls.map(|tls| &tls.cert_file),
+        tls.map(|tls| &tls.key_file),
+        tls.and_then(|tls| tls.client_ca_file.as_ref()),
         signature.hs256_secret_file.as_ref(),
         signature.public_key_file.as_ref(),
         signature.jwks_ca_file.as_ref(),

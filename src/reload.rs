@@ -222,6 +222,8 @@ fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
         server.header_read_timeout,
         server.idle_timeout,
         server.http2,
+        // Whether the listener speaks TLS, and from which files; the files' contents reload live.
+        server.tls,
         server.max_header_bytes,
         server.max_connections,
         server.shutdown_delay,

@@ -59,6 +59,9 @@ pub enum StartError {
     /// The Redis client could not be set up.
     #[error(transparent)]
     Store(#[from] RedisSetupError),
+    /// The data listener's certificate, key or client CA is unusable.
+    #[error(transparent)]
+    ListenerTls(#[from] crate::tls::ListenerTlsError),
 }
 
 /// A gateway with its listeners bound, ready to [`run`](Server::run).
@@ -80,7 +83,17 @@ impl Server {
         let listener = bind(config.server.listen).await?;
         let admin_listener = bind(config.server.admin_listen).await?;
         let store = Arc::new(build_store(&config, &metrics)?);
-        let shared = Shared { metrics, store };
+        let listener_tls = match &config.server.tls {
+            Some(tls) => Some(Arc::new(ArcSwap::from_pointee(crate::tls::server_config(
+                tls,
+            )?))),
+            None => None,
+        };
+        let shared = Shared {
+            metrics,
+            store,
+            listener_tls,
+        };
         let generation = Generation::build(config, &shared, None).await?;
         Ok(Server {
             listener,
@@ -140,6 +153,7 @@ impl Server {
             max_header_bytes: server.max_header_bytes,
             http2: server.http2.clone(),
             shutdown_grace: server.shutdown_grace,
+            tls: self.shared.listener_tls.clone(),
         };
         let (listen, admin_listen) = (self.local_addr(), self.admin_addr());
         let reloader = self.reloader();
@@ -237,6 +251,8 @@ fn admin_settings(data: &ListenerSettings) -> ListenerSettings {
     ListenerSettings {
         max_connections: ADMIN_MAX_CONNECTIONS,
         header_read_timeout: data.header_read_timeout.min(ADMIN_HEADER_READ_TIMEOUT),
+        // Probes and Prometheus speak plain HTTP to the admin port.
+        tls: None,
         ..data.clone()
     }
 }

@@ -1,5 +1,7 @@
-//! rustls client settings shared by every outgoing TLS connection (the upstream, a JWKS
-//! endpoint): the system's roots plus an optional extra CA file, ring as the provider.
+//! rustls settings: for every outgoing TLS connection (the upstream, a JWKS endpoint) the
+//! system's roots plus an optional extra CA file; for the data listener (`[server.tls]`) a
+//! certificate and key from PEM files, optionally requiring client certificates. ring is the
+//! provider throughout; TLS 1.2 and 1.3.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +15,76 @@ pub enum TlsError {
     /// rustls refused the protocol configuration.
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+/// Why the data listener's TLS settings could not be built: the key of the file at fault, its
+/// path and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} {path}: {reason}")]
+pub struct ListenerTlsError {
+    pub key: &'static str,
+    pub path: String,
+    pub reason: String,
+}
+
+fn listener_error(
+    key: &'static str,
+    path: &Path,
+    reason: impl std::fmt::Display,
+) -> ListenerTlsError {
+    ListenerTlsError {
+        key,
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The data listener's settings from `[server.tls]`: the certificate chain and key, client
+/// certificates required when `client_ca_file` is set, ALPN `h2` and `http/1.1`.
+pub fn server_config(
+    tls: &crate::config::ListenerTlsConfig,
+) -> Result<rustls::ServerConfig, ListenerTlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |key: &'static str, path: &Path| {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| listener_error(key, path, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| listener_error(key, path, e))?;
+        if certs.is_empty() {
+            return Err(listener_error(key, path, "no certificate in the file"));
+        }
+        Ok(certs)
+    };
+    let (key_name, key_path) = ("server.tls.key_file", tls.key_file.as_path());
+    let chain = certs("server.tls.cert_file", &tls.cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| listener_error(key_name, key_path, e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| listener_error(key_name, key_path, e))?;
+    let builder = match &tls.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let key = "server.tls.client_ca_file";
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(certs(key, path)?);
+            if added == 0 {
+                return Err(listener_error(key, path, "no usable CA certificate"));
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| listener_error(key, path, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| listener_error(key_name, key_path, e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// Client settings trusting the system roots and the certificates of `ca_file`.

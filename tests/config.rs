@@ -564,3 +564,34 @@ fn an_hs256_secret_may_be_base64_for_a_key_of_raw_bytes() {
     ok(&with("text"), &[("K", "not base64!")]);
     errors(&with("hex"), &[("K", "00")]);
 }
+
+#[test]
+fn listener_tls_needs_a_usable_certificate_and_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let missing = format!(
+        "{MINIMAL}[server.tls]\ncert_file = \"{0}/nope.crt\"\nkey_file = \"{0}/nope.key\"\n",
+        dir.path().display()
+    );
+    // Not there (yet): a mounted Secret's business, a warning like a missing secret.
+    let loaded = ok(&missing, &[]);
+    assert!(
+        loaded.warnings.iter().any(|w| w.contains("nope.crt")),
+        "{:?}",
+        loaded.warnings
+    );
+    // There but not a certificate: invalid.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").expect("write");
+    let unusable = format!(
+        "{MINIMAL}[server.tls]\ncert_file = \"{0}\"\nkey_file = \"{0}\"\n",
+        junk.display()
+    );
+    let errors = errors(&unusable, &[]);
+    assert_eq!(keys(&errors), ["server.tls"]);
+    let half = format!("{MINIMAL}[server.tls]\ncert_file = \"/x.crt\"\n");
+    assert!(errors_of_text(&half).contains("cert_file and key_file are both required"));
+}
+
+fn errors_of_text(text: &str) -> String {
+    errors(text, &[]).to_string()
+}

@@ -617,3 +617,93 @@ fn gateway_containers_have_probes_resources_config_and_time_to_drain() {
     }
     assert!(seen > 0, "no workload runs a container named {GATEWAY}");
 }
+
+#[test]
+fn the_shared_gateway_serves_tls_from_a_secret_and_admits_each_port_to_its_clients_only() {
+    let variant = variants()
+        .iter()
+        .find(|v| v.name == "shared")
+        .expect("the shared variant");
+    let deployment = variant
+        .named("Deployment", GATEWAY)
+        .expect("the gateway Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let gateway = containers(pod)
+        .find(|c| c["name"] == GATEWAY)
+        .expect("gateway container");
+    let config = effective_config(variant, GATEWAY);
+
+    // Certificate and key from a mounted Secret (a whole directory, so renewals arrive).
+    let tls = config["server"]["tls"]
+        .as_table()
+        .expect("[server.tls] is set: passwords and tokens cross the pod network");
+    for key in ["cert_file", "key_file"] {
+        let file = tls[key].as_str().expect(key);
+        let mount = gateway["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| {
+                m["mountPath"]
+                    .as_str()
+                    .is_some_and(|p| file.starts_with(&format!("{p}/")))
+            })
+            .unwrap_or_else(|| panic!("server.tls.{key} {file} is on no mounted volume"));
+        assert!(
+            mount["subPath"].is_null(),
+            "{key}: a subPath mount never sees renewals"
+        );
+        let volume = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == mount["name"])
+            .expect("volume");
+        assert!(
+            volume["secret"]["secretName"].is_string(),
+            "{key}: not from a Secret"
+        );
+    }
+    let service = variant.named("Service", GATEWAY).expect("Service");
+    let data = service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["port"] == 8080)
+        .expect("data port");
+    assert_eq!(data["appProtocol"], "https");
+
+    // A NetworkPolicy over the gateway's pods: every port admitted from named clients only, and
+    // the data port and the admin port from different ones.
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let policy = variant
+        .of_kind("NetworkPolicy")
+        .find(|p| selects(&p["spec"]["podSelector"], labels))
+        .expect("a NetworkPolicy selecting the gateway pods");
+    let rules = policy["spec"]["ingress"].as_array().expect("ingress rules");
+    let mut sources = Vec::new();
+    for port in gateway["ports"].as_array().expect("ports") {
+        let number = port["containerPort"].as_u64().expect("containerPort");
+        let admitting: Vec<&Value> = rules
+            .iter()
+            .filter(|rule| {
+                rule["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| container_port(gateway, &p["port"]) == Some(number))
+            })
+            .collect();
+        assert!(!admitting.is_empty(), "port {number}: no rule admits it");
+        for rule in &admitting {
+            let from = rule["from"].as_array().map_or(0, Vec::len);
+            assert!(from > 0, "port {number} is open to every source");
+        }
+        sources.push(admitting[0]["from"].clone());
+    }
+    assert_eq!(sources.len(), 2);
+    assert_ne!(
+        sources[0], sources[1],
+        "data and admin ports admit the same clients"
+    );
+}

@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AdminConfig, Config, Http2Config, LogConfig, LogFormat, RateLimitConfig, SecretRef,
-    ServerConfig, SignupConfig, StoreConfig, TokensConfig, UpstreamConfig,
+    AdminConfig, Config, Http2Config, ListenerTlsConfig, LogConfig, LogFormat, RateLimitConfig,
+    SecretRef, ServerConfig, SignupConfig, StoreConfig, TokensConfig, UpstreamConfig,
 };
 
 /// The whole file.
@@ -60,6 +60,8 @@ pub(super) struct ServerFile {
     pub config_poll_interval: Duration,
     pub strip_request_headers: Vec<String>,
     pub http2: Http2Config,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTlsConfig>,
 }
 
 impl Default for ServerFile {
@@ -80,6 +82,7 @@ impl Default for ServerFile {
             config_poll_interval: Duration::from_secs(5),
             strip_request_headers: super::default_strip_request_headers(),
             http2: Http2Config::default(),
+            tls: None,
         }
     }
 }
@@ -179,6 +182,7 @@ impl FileConfig {
                 config_poll_interval: s.config_poll_interval,
                 strip_request_headers: s.strip_request_headers,
                 http2: s.http2,
+                tls: s.tls,
             },
             upstream: UpstreamConfig {
                 url,
@@ -227,6 +231,7 @@ impl From<&Config> for FileConfig {
                 config_poll_interval: s.config_poll_interval,
                 strip_request_headers: s.strip_request_headers.clone(),
                 http2: s.http2.clone(),
+                tls: s.tls.clone(),
             },
             upstream: UpstreamFile {
                 url: Some(u.url.to_string()),

@@ -59,8 +59,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use schema::schema_keys;
 pub use secret::{Secret, SecretError, SecretRef};
 pub use sections::{
-    Http2Config, RateLimitConfig, SecretEncoding, SignatureConfig, SignupConfig, StoreBackend,
-    StoreConfig, TokenMode, TokensConfig, UnknownTokens,
+    Http2Config, ListenerTlsConfig, RateLimitConfig, SecretEncoding, SignatureConfig, SignupConfig,
+    StoreBackend, StoreConfig, TokenMode, TokensConfig, UnknownTokens,
 };
 
 /// The whole, validated configuration of one gateway.
@@ -131,6 +131,8 @@ pub struct ServerConfig {
     pub strip_request_headers: Vec<String>,
     /// `[server.http2]`: what one HTTP/2 client connection may hold.
     pub http2: Http2Config,
+    /// `[server.tls]`: TLS on the data listener, when set.
+    pub tls: Option<ListenerTlsConfig>,
 }
 
 /// The default `server.strip_request_headers`.

@@ -73,6 +73,13 @@ fn render_table(
         let nested = table
             .and_then(|t| t.get(child.name))
             .and_then(Value::as_table);
-        render_table(out, &format!("{name}.{}", child.name), child, nested, false);
+        let child_name = format!("{name}.{}", child.name);
+        if nested.is_none() {
+            // An optional table that is off (`[server.tls]`): an empty one would turn it on.
+            let keys = (child.keys)().join(", ");
+            let _ = writeln!(out, "\n# [{child_name}] is not set ({keys})");
+            continue;
+        }
+        render_table(out, &child_name, child, nested, false);
     }
 }

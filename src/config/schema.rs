@@ -12,7 +12,8 @@ use toml::{Table, Value};
 use super::error::Report;
 use super::file::{AdminFile, LogFile, ServerFile, UpstreamFile};
 use super::{
-    Http2Config, RateLimitConfig, SignatureConfig, SignupConfig, StoreConfig, TokensConfig,
+    Http2Config, ListenerTlsConfig, RateLimitConfig, SignatureConfig, SignupConfig, StoreConfig,
+    TokensConfig,
 };
 use crate::scope::RouteConfig;
 
@@ -66,7 +67,10 @@ impl Section {
 
 /// Every section of the file, in the order they are rendered.
 pub(super) const SECTIONS: &[Section] = &[
-    Section::of::<ServerFile>("server").with_children(&[Section::of::<Http2Config>("http2")]),
+    Section::of::<ServerFile>("server").with_children(&[
+        Section::of::<Http2Config>("http2"),
+        Section::of::<ListenerTlsConfig>("tls"),
+    ]),
     Section::of::<UpstreamFile>("upstream"),
     Section::of::<LogFile>("log"),
     Section::of::<AdminFile>("admin"),

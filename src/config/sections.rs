@@ -36,6 +36,22 @@ impl Default for SignupConfig {
     }
 }
 
+/// `[server.tls]`: TLS on the data listener (the admin listener stays plain HTTP, for probes and
+/// Prometheus). The files are read at start and again whenever they change: new handshakes get
+/// the new certificate, open connections keep theirs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerTlsConfig {
+    /// PEM certificate chain, leaf first. Required.
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC; RSA, ECDSA or Ed25519). Required.
+    pub key_file: std::path::PathBuf,
+    /// PEM CA certificates: when set, every client must present a certificate that chains to
+    /// one of them (mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<std::path::PathBuf>,
+}
+
 /// `[server.http2]`: limits of HTTP/2 client connections, sized for a sidecar's memory.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

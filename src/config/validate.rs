@@ -152,6 +152,35 @@ pub(super) fn validate(
             .ok(),
     };
 
+    if let Some(tls) = &s.tls {
+        // Built here as at start, so that `check-config` and a reload catch a bad PEM too.
+        // A file not there (yet) is a mounted Secret's business, like a missing secret: a
+        // warning for `check-config`, and at start or reload an error that keeps the gateway
+        // (or the old certificate) from using it. A file there but unusable is invalid.
+        let files = [
+            Some(&tls.cert_file),
+            Some(&tls.key_file),
+            tls.client_ca_file.as_ref(),
+        ];
+        let missing = files
+            .into_iter()
+            .flatten()
+            .find(|path| readable_file(path).is_err());
+        if tls.cert_file.as_os_str().is_empty() || tls.key_file.as_os_str().is_empty() {
+            report.invalid("server.tls", "cert_file and key_file are both required");
+        } else if let Some(path) = missing {
+            report.warn(
+                "server.tls",
+                format!(
+                    "{} cannot be read; the gateway will not start without it",
+                    path.display()
+                ),
+            );
+        } else if let Err(error) = crate::tls::server_config(tls) {
+            report.invalid("server.tls", error.to_string());
+        }
+    }
+
     if let Some(ca_file) = &u.ca_file {
         if let Err(reason) = readable_file(ca_file) {
             report.invalid("upstream.ca_file", reason);

@@ -19,6 +19,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -54,6 +56,9 @@ pub struct ListenerSettings {
     pub http2: Http2Config,
     /// Time in-flight requests get to finish once `stop` has fired.
     pub shutdown_grace: Duration,
+    /// TLS (`[server.tls]`), when set: the settings new handshakes use, swapped when the
+    /// certificate files change. The handshake must be done within `header_read_timeout`.
+    pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
 }
 
 /// Newcomers being refused with `503` at once; beyond, they are closed without a word, so a
@@ -109,6 +114,7 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let connection = Connection {
+            tls: settings.tls.clone(),
             builder: builder.clone(),
             handler: handler.clone(),
             metrics: metrics.clone(),
@@ -183,6 +189,8 @@ fn refuse(stream: TcpStream, refusing: &Arc<Semaphore>, metrics: &Arc<ListenerMe
 
 /// One accepted connection and what it needs to be served.
 struct Connection<H> {
+    /// The listener's TLS settings, when it has TLS.
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     handler: Arc<H>,
     metrics: Arc<ListenerMetrics>,
@@ -203,6 +211,7 @@ where
 {
     async fn run(self, stream: TcpStream, peer: SocketAddr) {
         let Connection {
+            tls,
             builder,
             handler,
             metrics,
@@ -232,37 +241,93 @@ where
                 }
             })
         };
-        let io = TokioIo::new(Watched::new(stream, tracker.clone()));
-        let connection = builder.serve_connection(io, service);
-        tokio::pin!(connection);
-
-        let reason = tokio::select! {
-            ended = connection.as_mut() => ended_by(ended, &tracker),
-            reason = connection::watchdog(&tracker, deadlines) => match reason {
-                // Nothing in flight: a goodbye (HTTP/2 GOAWAY) is polite and cheap.
-                CloseReason::Idle => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(GOODBYE_WITHIN, connection.as_mut()).await;
-                    reason
-                }
-                // A client that never finished a head gets nothing more.
-                _ => reason,
-            },
-            () = tracker.evicted() => CloseReason::Overload,
-            () = stopping(&mut shutdown) => {
-                connection.as_mut().graceful_shutdown();
-                // In-flight requests finish; a head still trickling in keeps its deadline.
-                tokio::select! {
-                    ended = connection.as_mut() => match ended {
-                        Err(_) => CloseReason::Error,
-                        Ok(()) => CloseReason::Shutdown,
-                    },
-                    reason = connection::watchdog(&tracker, deadlines) => reason,
+        let watched = Watched::new(stream, tracker.clone());
+        let reason = match tls {
+            None => {
+                drive(
+                    &builder,
+                    TokioIo::new(watched),
+                    service,
+                    &tracker,
+                    deadlines,
+                    &mut shutdown,
+                )
+                .await
+            }
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+                // The handshake is part of the head: it gets the head's deadline from accept.
+                match tokio::time::timeout(deadlines.header_read, acceptor.accept(watched)).await {
+                    Ok(Ok(stream)) => {
+                        drive(
+                            &builder,
+                            TokioIo::new(stream),
+                            service,
+                            &tracker,
+                            deadlines,
+                            &mut shutdown,
+                        )
+                        .await
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "TLS handshake failed");
+                        CloseReason::Error
+                    }
+                    Err(_) => CloseReason::HeaderTimeout,
                 }
             }
         };
         metrics.open.dec();
         metrics.closed(reason);
+    }
+}
+
+/// Serves one connection's requests over `io` until it ends, and says why it did.
+async fn drive<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    tracker: &Tracker,
+    deadlines: Deadlines,
+    shutdown: &mut watch::Receiver<bool>,
+) -> CloseReason
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<InFlight<Body>>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+
+    tokio::select! {
+        ended = connection.as_mut() => ended_by(ended, tracker),
+        reason = connection::watchdog(tracker, deadlines) => match reason {
+            // Nothing in flight: a goodbye (HTTP/2 GOAWAY) is polite and cheap.
+            CloseReason::Idle => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(GOODBYE_WITHIN, connection.as_mut()).await;
+                reason
+            }
+            // A client that never finished a head gets nothing more.
+            _ => reason,
+        },
+        () = tracker.evicted() => CloseReason::Overload,
+        () = stopping(shutdown) => {
+            connection.as_mut().graceful_shutdown();
+            // In-flight requests finish; a head still trickling in keeps its deadline.
+            tokio::select! {
+                ended = connection.as_mut() => match ended {
+                    Err(_) => CloseReason::Error,
+                    Ok(()) => CloseReason::Shutdown,
+                },
+                reason = connection::watchdog(tracker, deadlines) => reason,
+            }
+        }
     }
 }
 
