@@ -246,6 +246,7 @@ fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
         store.l1_ttl,
         store.l1_max_entries,
         store.max_revoked_per_member,
+        store.revocation_resync,
     );
     changed
 }

@@ -290,6 +290,7 @@ fn build_store(config: &Config, metrics: &Metrics) -> Result<Store, StartError> 
         l1_max_entries: store.l1_max_entries,
         revoked_grace,
         max_revoked_per_member: store.max_revoked_per_member,
+        revocation_resync: store.revocation_resync,
         errors: Some(metrics.store_errors_total.clone()),
     })?;
     Ok(Store::Redis(redis))

@@ -165,6 +165,11 @@ pub struct StoreConfig {
     /// until then are revoked together (one entry). The deny-list's only bound: no member can
     /// push out another's revocation. Default 32.
     pub max_revoked_per_member: usize,
+    /// How often each replica re-reads every revocation from Redis into its local deny-list
+    /// (Redis backend), besides after each resubscription: catches a revocation whose message
+    /// was lost without the subscription dropping. Default `60s`.
+    #[serde(with = "super::file::duration")]
+    pub revocation_resync: Duration,
 }
 
 impl StoreConfig {
@@ -194,6 +199,7 @@ impl Default for StoreConfig {
             l1_ttl: Duration::from_secs(5),
             l1_max_entries: 100_000,
             max_revoked_per_member: 32,
+            revocation_resync: Duration::from_secs(60),
         }
     }
 }

@@ -14,6 +14,11 @@ const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_L1_TTL: Duration = Duration::from_secs(60);
 /// Most `max_revoked_per_member`: one member's entries are searched in a list.
 const MAX_REVOKED_PER_MEMBER: usize = 10_000;
+/// Bounds of `revocation_resync`: each resync reads every revocation (a second's work per
+/// million), so not more often than a second; a lost message may go unheard this long, so not
+/// rarer than an hour.
+const MIN_REVOCATION_RESYNC: Duration = Duration::from_secs(1);
+const MAX_REVOCATION_RESYNC: Duration = Duration::from_secs(60 * 60);
 /// Most Redis connections per replica.
 const MAX_POOL_SIZE: usize = 64;
 
@@ -49,6 +54,9 @@ pub(super) fn validate_store(
             "store.max_revoked_per_member",
             format!("must be between 1 and {MAX_REVOKED_PER_MEMBER}"),
         );
+    }
+    if !(MIN_REVOCATION_RESYNC..=MAX_REVOCATION_RESYNC).contains(&store.revocation_resync) {
+        report.invalid("store.revocation_resync", "must be between 1s and 1h");
     }
     if store.l1_max_entries == 0 {
         report.invalid("store.l1_max_entries", "must be at least 1");

@@ -48,14 +48,15 @@ use std::time::SystemTime;
 pub use deny::DenyList;
 pub use fingerprint::Fingerprint;
 pub use memory::{MemoryStore, MemoryStoreOptions};
-pub use redis::{RedisSetupError, RedisStore, RedisStoreOptions};
+pub use redis::{EvictionPolicy, RedisSetupError, RedisStore, RedisStoreOptions};
 
 /// Every operation name of `store_errors_total{backend,op}`.
-pub const OPS: [&str; 9] = [
+pub const OPS: [&str; 10] = [
     "record",
     "lookup",
     "is_revoked",
     "member_revoked",
+    "resync",
     "list_member",
     "revoke",
     "revoke_member",

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the fixtures
 
 pub mod commerce;
+pub mod cut;
 pub mod keys;
 pub mod lenient;
 pub mod process;

@@ -9,11 +9,21 @@
 //! | `account-gate:{<fp hex>}:r` | string | remaining life + grace | deny entry: revoked until (unix ms) |
 //! | `account-gate:member:<member id>` | set | the member's longest remaining life | fingerprints (hex), a hint |
 //! | `account-gate:expiries` | sorted set | none; trimmed as it is counted | fingerprint → expiry, for `store_entries` |
-//! | `account-gate:revoked` | pub/sub channel | — | revoked fingerprints (hex) |
+//! | `account-gate:revocations` | sorted set | none; trimmed by each load | every deny entry (`entry.rs`) → its end (unix ms), for the replicas' local deny-lists |
+//! | `account-gate:revocations` | pub/sub channel | — | each deny entry as written: `<end> <entry>` |
+//! | `account-gate:revoked` | pub/sub channel | — | revoked fingerprints (hex), the format of earlier versions |
 //!
 //! A fingerprint's record and deny entry share the hash tag `{<fp hex>}`, so they live in one
 //! Redis Cluster slot and one script can read and write both atomically. Every other step
 //! touches a single key. Only fingerprints are ever written, never tokens.
+//!
+//! The `revocations` set cannot join the script (another slot), so it is written first: a
+//! revocation whose script then fails is over-announced (a replica denies a token Redis does
+//! not), never under-announced. Both channels are published, so that during a rolling upgrade
+//! replicas of the earlier version keep dropping revoked tokens from their caches.
+//!
+//! Every one of these keys must survive memory pressure: Redis needs `maxmemory-policy
+//! noeviction` (`policy.rs` checks it at start).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,9 +65,19 @@ impl Keys {
         format!("{}expiries", self.prefix)
     }
 
-    /// The revocation channel.
+    /// The revocation channel of earlier versions: bare fingerprints.
     pub(super) fn channel(&self) -> String {
         format!("{}revoked", self.prefix)
+    }
+
+    /// The sorted set of every deny entry, for the replicas' loads.
+    pub(super) fn revocations(&self) -> String {
+        format!("{}revocations", self.prefix)
+    }
+
+    /// The channel announcing each deny entry in full.
+    pub(super) fn entries_channel(&self) -> String {
+        format!("{}revocations", self.prefix)
     }
 }
 
@@ -133,15 +153,18 @@ return 1
 ";
 
 /// Revokes one fingerprint: writes (or extends) the deny entry, then deletes the record, then
-/// publishes the fingerprint — one atomic step, so no `RECORD` can slip in between.
+/// announces the entry — one atomic step, so no `RECORD` can slip in between.
 ///
 /// `KEYS[1]` record, `KEYS[2]` deny entry; `ARGV[1]` the token's expiry (unix ms, the floor of
 /// the deny entry), `ARGV[2]` now (unix ms, the gateway's clock, like every TTL here),
 /// `ARGV[3]` grace (ms), `ARGV[4]` the member the record must belong to (`''`: any),
-/// `ARGV[5]` the channel, `ARGV[6]` the fingerprint (hex).
-/// Returns `{newly denied (0/1), removed record JSON or nil}`.
+/// `ARGV[5]` the channel of bare fingerprints, `ARGV[6]` the fingerprint (hex), `ARGV[7]` the
+/// channel of entries, `ARGV[8]` the entry as in the `revocations` set (`entry.rs`).
+/// Returns `{newly denied (0/1), removed record JSON or nil, end of the deny entry (unix ms;
+/// 0 when the token is past its expiry plus the grace and needs none)}`.
 pub(super) const REVOKE: &str = r"
 local until_ms = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
 local record = redis.call('GET', KEYS[1])
 if record then
   local ok, decoded = pcall(cjson.decode, record)
@@ -151,24 +174,31 @@ if record then
     until_ms = tonumber(decoded.e)
   end
 end
-local ttl = until_ms + tonumber(ARGV[3]) - tonumber(ARGV[2])
+local ttl = until_ms + tonumber(ARGV[3]) - now
 local newly = 0
+local end_ms = 0
 if ttl > 0 then
   local current = redis.call('PTTL', KEYS[2])
   if current == -2 then
     newly = 1
   end
+  end_ms = now + ttl
   if current ~= -1 and current < ttl then
     redis.call('SET', KEYS[2], string.format('%d', until_ms), 'PX', string.format('%d', ttl))
+  elseif current > ttl then
+    end_ms = now + current
   end
 end
 if record then
   redis.call('DEL', KEYS[1])
 end
+if end_ms > 0 then
+  redis.call('PUBLISH', ARGV[7], string.format('%d %s', end_ms, ARGV[8]))
+end
 if newly == 1 or record then
   redis.call('PUBLISH', ARGV[5], ARGV[6])
 end
-return { newly, record }
+return { newly, record, end_ms }
 ";
 
 /// The two scripts, hashed once.
@@ -198,6 +228,8 @@ mod tests {
         assert_eq!(keys.record(&fp), format!("p:{tag}:t"));
         assert_eq!(keys.revoked(&fp), format!("p:{tag}:r"));
         assert_eq!(keys.channel(), "p:revoked");
+        assert_eq!(keys.revocations(), "p:revocations");
+        assert_eq!(keys.entries_channel(), "p:revocations");
     }
 
     #[test]

@@ -1,37 +1,55 @@
 //! The Redis backend: one registry of issued tokens and one deny-list shared by every replica
-//! (docs/design.md, "Scale-out"), with an in-process L1 in front and revocations fanned out by
-//! pub/sub.
+//! (docs/design.md, "Scale-out"), with an in-process L1 in front, and the deny-list replicated
+//! into every replica's memory.
 //!
 //! # Layout
 //!
-//! - `keys.rs`: key names, the stored record, and the two Lua scripts (`RECORD`, `REVOKE`)
-//!   that make "denied? else store" and "deny, delete, publish" atomic.
+//! - `keys.rs`: key names (the table of every key), the stored record, and the two Lua scripts
+//!   (`RECORD`, `REVOKE`) that make "denied? else store" and "deny, delete, announce" atomic.
+//! - `entry.rs`: one revocation as the replicas exchange it (sorted-set member and message).
 //! - `conn.rs`: the connections (node or cluster), each command bounded by `command_timeout`,
 //!   failures counted in `store_errors_total{backend="redis",op}`.
 //! - `l1.rs`: the bounded, short-lived cache of Redis answers, with its race guard.
-//! - `ops.rs`: the [`TokenStore`](crate::store::TokenStore) operations.
-//! - `subscriber.rs`: the task that listens for revocations and invalidates the L1.
+//! - `replica.rs`: the local deny-list, its loads and periodic resyncs.
+//! - `ops.rs`: the [`TokenStore`](crate::store::TokenStore) operations; `revoke.rs`: revoking.
+//! - `subscriber.rs`: the task that listens for revocations, feeds the replica and invalidates
+//!   the L1.
+//! - `policy.rs`: the start-up check that Redis will not evict revocations.
 //!
 //! # Consistency across replicas
 //!
-//! Redis is the truth. Records and deny entries expire by Redis TTL (no sweeper): a record at
-//! the token's expiry, a deny entry at the token's expiry plus the grace. `revoke` runs one
-//! script that writes the deny entry, deletes the record and publishes the fingerprint; every
-//! replica (the revoking one included) drops it from its L1 on receipt — a few milliseconds.
-//! An L1 entry can be stale only while a replica is cut off from pub/sub, and for at most
-//! `l1_ttl`; when its subscription is back, the replica clears its L1 (it may have missed
-//! messages).
+//! Redis is the truth for records. Records and deny entries expire by Redis TTL (no sweeper): a
+//! record at the token's expiry, a deny entry at the token's expiry plus the grace. `revoke`
+//! adds the entry to the `revocations` set, then runs one script that writes the deny entry,
+//! deletes the record and announces the entry; every replica adds it to its local deny-list
+//! and drops it from its L1 on receipt — a few milliseconds. An L1 entry can be stale only
+//! while a replica is cut off from pub/sub, and for at most `l1_ttl`; when its subscription is
+//! back, the replica clears its L1 and re-syncs its deny-list (it may have missed messages).
+//!
+//! # Revocations are checked locally
+//!
+//! Every replica holds every live revocation ([`DenyList`](crate::store::DenyList), loaded at
+//! start, kept by messages, re-synced every `store.revocation_resync` and after every
+//! resubscription). Once its first load is complete, `is_revoked` and `member_revoked` answer
+//! from it alone and never wait on Redis: a revoked token stays refused through an outage, in
+//! every mode. Before that (a pod started while Redis is down) `is_revoked` asks Redis and
+//! fails closed; `member_revoked` waits for the load at most `command_timeout`, then fails.
+//! A replica never drops an entry before its end, even if Redis lost it.
 //!
 //! # Redis unavailable
 //!
 //! Every call is bounded by `command_timeout` and then fails with
-//! [`StoreError::Unavailable`](crate::store::StoreError); L1 hits keep being answered. The
-//! connections and the subscription reconnect by themselves.
+//! [`StoreError::Unavailable`](crate::store::StoreError); revocation checks and L1 hits keep
+//! being answered. The connections and the subscription reconnect by themselves.
 
 mod conn;
+mod entry;
 mod keys;
 mod l1;
 mod ops;
+mod policy;
+mod replica;
+mod revoke;
 mod subscriber;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,11 +61,14 @@ use redis::AsyncCommands;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::{Fingerprint, StoreError, TokenRecord};
+use super::{Fingerprint, StoreError};
 use crate::sync::lock;
 use conn::{Pool, PoolSettings};
+use entry::DenyEntry;
 use keys::{from_unix_ms, unix_ms, Keys, Scripts, Wire};
 use l1::{Known, L1};
+pub use policy::EvictionPolicy;
+use replica::{Replica, Resync};
 
 /// The backend's name in `store_errors_total{backend}` and logs.
 pub const BACKEND: &str = "redis";
@@ -82,6 +103,9 @@ pub struct RedisStoreOptions {
     pub revoked_grace: Duration,
     /// Deny entries one member holds before they fold into one (see `store::DenyList`).
     pub max_revoked_per_member: usize,
+    /// How often the local deny-list is re-synced from Redis besides after each
+    /// resubscription, in case a message was lost without the subscription dropping.
+    pub revocation_resync: Duration,
     /// `store_errors_total`, to count failed calls in.
     pub errors: Option<IntCounterVec>,
 }
@@ -100,6 +124,7 @@ impl RedisStoreOptions {
             l1_max_entries: 100_000,
             revoked_grace: Duration::from_secs(60),
             max_revoked_per_member: 32,
+            revocation_resync: Duration::from_secs(60),
             errors: None,
         }
     }
@@ -126,11 +151,18 @@ struct Inner {
     events: broadcast::Sender<Fingerprint>,
     /// Whether the revocation subscription is live.
     subscribed: Arc<AtomicBool>,
+    /// The local deny-list.
+    replica: Arc<Replica>,
+    /// What the `maxmemory-policy` check found.
+    eviction: Arc<Mutex<EvictionPolicy>>,
+    /// How long `member_revoked` waits for the first load.
+    command_timeout: Duration,
     /// Live records, refreshed every [`COUNT_EVERY`].
     count: Arc<AtomicU64>,
     /// The last readiness ping: when, and whether it succeeded.
     last_ping: Mutex<Option<(Instant, bool)>>,
-    /// The subscriber and the counter; aborted when the last handle goes.
+    /// The subscriber, the resync, the counter and the policy check; aborted when the last
+    /// handle goes.
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -186,17 +218,39 @@ impl RedisStore {
         let (events, _) = broadcast::channel(EVENTS_CAPACITY);
         let subscribed = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU64::new(0));
+        let replica = Arc::new(Replica::new(
+            options.max_revoked_per_member,
+            subscribed.clone(),
+        ));
+        let eviction = Arc::new(Mutex::new(EvictionPolicy::Unchecked));
         let subscriber = subscriber::Subscriber {
-            clients,
+            clients: clients.clone(),
+            entries_channel: keys.entries_channel(),
             channel: keys.channel(),
             l1: l1.clone(),
             events: events.clone(),
             subscribed: subscribed.clone(),
             timeout: options.command_timeout,
+            replica: replica.clone(),
+            pool: pool.clone(),
+            keys: keys.clone(),
+            grace: options.revoked_grace,
+        };
+        let resync = Resync {
+            replica: replica.clone(),
+            pool: pool.clone(),
+            key: keys.revocations(),
+            every: options.revocation_resync,
         };
         let tasks = vec![
             tokio::spawn(subscriber.run()),
+            tokio::spawn(resync.run()),
             tokio::spawn(count_records(pool.clone(), keys.expiries(), count.clone())),
+            tokio::spawn(policy::check(
+                clients,
+                options.command_timeout,
+                eviction.clone(),
+            )),
         ];
         Ok(RedisStore {
             inner: Arc::new(Inner {
@@ -207,6 +261,9 @@ impl RedisStore {
                 revoked_grace: options.revoked_grace,
                 events,
                 subscribed,
+                replica,
+                eviction,
+                command_timeout: options.command_timeout,
                 count,
                 last_ping: Mutex::new(None),
                 tasks,
@@ -219,9 +276,22 @@ impl RedisStore {
         self.inner.events.subscribe()
     }
 
-    /// Revocations held in this process (placeholder until the deny-list is replicated).
+    /// Revocations held in this process's replica of the deny-list (the `revocations_held`
+    /// gauge).
     pub fn revocations_held(&self) -> u64 {
-        0
+        self.inner.replica.deny().len()
+    }
+
+    /// Whether the local deny-list has completed its first load, from when on revocation checks
+    /// never wait on Redis.
+    pub fn revocations_loaded(&self) -> bool {
+        self.inner.replica.is_loaded()
+    }
+
+    /// What the start-up check of Redis' `maxmemory-policy` found (see the log for why it
+    /// matters).
+    pub fn eviction_policy(&self) -> EvictionPolicy {
+        lock(&self.inner.eviction).clone()
     }
 
     /// Whether this replica is currently subscribed to revocations.
@@ -272,7 +342,10 @@ impl RedisStore {
         let known = match (denied, record) {
             (Some(until), _) => {
                 let until = until.parse().map_or(now, from_unix_ms);
-                Known::Revoked(until.max(now) + inner.revoked_grace)
+                let end = until.max(now) + inner.revoked_grace;
+                // Whatever Redis denies, the replica keeps (it may have missed the message).
+                inner.replica.apply(&DenyEntry::new(*fp, end, now, None));
+                Known::Revoked(end)
             }
             (None, Some(text)) => match Wire::decode(*fp, &text) {
                 Some(record) if record.expires_at > now => Known::Live(Arc::new(record)),
@@ -294,80 +367,6 @@ impl RedisStore {
             Some(known) => Ok(known),
             None => self.fetch(fp, op).await,
         }
-    }
-
-    /// Runs `REVOKE` for `fp` (deny until `until` or the record's later expiry, delete the
-    /// record if it is `member`'s, publish). Returns (newly denied, removed record).
-    async fn revoke_one(
-        &self,
-        fp: &Fingerprint,
-        until: SystemTime,
-        member: Option<&str>,
-        op: &'static str,
-    ) -> Result<(bool, Option<TokenRecord>), StoreError> {
-        let inner = &self.inner;
-        let mut invocation = inner.scripts.revoke.prepare_invoke();
-        invocation
-            .key(inner.keys.record(fp))
-            .key(inner.keys.revoked(fp))
-            .arg(unix_ms(until))
-            .arg(unix_ms(SystemTime::now()))
-            .arg(u64::try_from(inner.revoked_grace.as_millis()).unwrap_or(u64::MAX))
-            .arg(member.unwrap_or(""))
-            .arg(inner.keys.channel())
-            .arg(fp.to_hex());
-        let result = inner
-            .pool
-            .run(op, |mut c| async move {
-                invocation
-                    .invoke_async::<(i64, Option<String>)>(&mut c)
-                    .await
-            })
-            .await;
-        // Whatever happened, this replica must not answer from what it cached before.
-        inner.l1.invalidate(fp);
-        let (newly, removed) = result?;
-        let removed = removed.and_then(|text| Wire::decode(*fp, &text));
-        if removed.is_some() {
-            let (expiries, hex) = (inner.keys.expiries(), fp.to_hex());
-            // Only the count depends on it; a failure here is counted and otherwise harmless.
-            let _ = inner
-                .pool
-                .run(op, |mut c| async move {
-                    c.zrem::<_, _, i64>(expiries, hex).await
-                })
-                .await;
-        }
-        Ok((newly == 1, removed))
-    }
-
-    /// Drops `hexes` from `member`'s set (a hint; failures are counted and otherwise harmless).
-    async fn forget(&self, member_id: &str, hexes: Vec<String>, op: &'static str) {
-        if hexes.is_empty() {
-            return;
-        }
-        let key = self.inner.keys.member(member_id);
-        let _ = self
-            .inner
-            .pool
-            .run(
-                op,
-                |mut c| async move { c.srem::<_, _, i64>(key, hexes).await },
-            )
-            .await;
-    }
-
-    /// The fingerprints in `member`'s set.
-    async fn member_fingerprints(
-        &self,
-        member_id: &str,
-        op: &'static str,
-    ) -> Result<Vec<String>, StoreError> {
-        let key = self.inner.keys.member(member_id);
-        self.inner
-            .pool
-            .run(op, |mut c| async move { c.smembers(key).await })
-            .await
     }
 }
 

@@ -9,6 +9,7 @@ use redis::AsyncCommands;
 
 use super::keys::{unix_ms, Wire};
 use super::l1::Known;
+use super::revoke::Revocation;
 use super::RedisStore;
 use crate::store::{sort_listing, Fingerprint, StoreError, TokenRecord, TokenStore};
 
@@ -77,6 +78,10 @@ impl TokenStore for RedisStore {
     }
 
     async fn lookup(&self, fp: &Fingerprint) -> Result<Option<TokenRecord>, StoreError> {
+        // Revocation wins, even over a record Redis still holds (it lost the deny entry).
+        if self.inner.replica.deny().is_denied(fp) {
+            return Ok(None);
+        }
         Ok(match self.known(fp, "lookup").await? {
             Known::Live(record) => Some((*record).clone()),
             Known::Revoked(_) | Known::Absent => None,
@@ -84,6 +89,14 @@ impl TokenStore for RedisStore {
     }
 
     async fn is_revoked(&self, fp: &Fingerprint) -> Result<bool, StoreError> {
+        let replica = &self.inner.replica;
+        if replica.deny().is_denied(fp) {
+            return Ok(true);
+        }
+        // Complete: no need (and, through an outage, no way) to ask Redis.
+        if replica.is_loaded() {
+            return Ok(false);
+        }
         Ok(matches!(
             self.known(fp, "is_revoked").await?,
             Known::Revoked(_)
@@ -124,20 +137,39 @@ impl TokenStore for RedisStore {
 
     async fn member_revoked(
         &self,
-        _member: &str,
-        _issued_at: Option<SystemTime>,
+        member: &str,
+        issued_at: Option<SystemTime>,
     ) -> Result<bool, StoreError> {
-        // Placeholder until the deny-list is replicated from Redis.
-        Ok(false)
+        let inner = &self.inner;
+        let deny = inner.replica.deny();
+        if deny.member_denied(member, issued_at) {
+            return Ok(true);
+        }
+        // Redis keeps no watermarks, only the entries they fold: until they are all loaded,
+        // "no" could be wrong. A pod that just started waits a moment for its first load.
+        if inner.replica.is_loaded() || inner.replica.wait_loaded(inner.command_timeout).await {
+            return Ok(deny.member_denied(member, issued_at));
+        }
+        Err(inner.pool.failed(
+            "member_revoked",
+            "revocations not loaded from Redis yet".to_owned(),
+        ))
     }
 
     async fn revoke(
         &self,
         fp: &Fingerprint,
         expires_at: SystemTime,
-        _member: Option<&str>,
+        member: Option<&str>,
     ) -> Result<bool, StoreError> {
-        Ok(self.revoke_one(fp, expires_at, None, "revoke").await?.0)
+        let revocation = Revocation {
+            fp,
+            until: expires_at,
+            owner: None,
+            member,
+            op: "revoke",
+        };
+        Ok(self.revoke_one(revocation).await?.0)
     }
 
     async fn revoke_member(&self, member_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
@@ -148,11 +180,16 @@ impl TokenStore for RedisStore {
             .filter_map(|h| Fingerprint::from_hex(h))
             .collect();
         // Concurrently, so the whole call takes about one command's time, not one per token.
-        // `now` as the floor: the script takes the record's own expiry when it is later.
-        let results = join_all(
-            fps.iter()
-                .map(|fp| self.revoke_one(fp, now, Some(member_id), "revoke_member")),
-        )
+        // `now` as the floor: the record's own expiry is taken when it is later.
+        let results = join_all(fps.iter().map(|fp| {
+            self.revoke_one(Revocation {
+                fp,
+                until: now,
+                owner: Some(member_id),
+                member: Some(member_id),
+                op: "revoke_member",
+            })
+        }))
         .await;
         let mut removed = Vec::new();
         for result in results {

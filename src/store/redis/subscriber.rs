@@ -1,12 +1,19 @@
-//! The revocation subscriber: one task per replica listening on the revocation channel.
+//! The revocation subscriber: one task per replica listening on both revocation channels.
 //!
-//! On each message it drops the fingerprint from the L1 and passes it on (to the verifier's
-//! cache, through [`RedisStore::revocation_events`](super::RedisStore::revocation_events)). When
-//! the subscription is lost it reconnects with a capped backoff, trying the next seed node in
-//! cluster mode (a cluster delivers every `PUBLISH` to subscribers on any node), and clears the
-//! L1 once it is subscribed again, because messages published meanwhile are gone. Until then the
-//! L1 keeps answering (that is what keeps a replica serving while Redis is down), each entry for
-//! at most `l1_ttl`. A ping every second notices a connection that died without closing.
+//! - A full entry (the `revocations` channel, see `entry.rs`) goes into the local replica of
+//!   the deny-list.
+//! - A bare fingerprint (the `revoked` channel: every replica publishes it, and replicas of
+//!   earlier versions publish only that) drops the fingerprint from the L1 and is passed on (to
+//!   the verifier's cache, through
+//!   [`RedisStore::revocation_events`](super::RedisStore::revocation_events)). A revocation the
+//!   replica did not hear of in full (an earlier version's) is then read from its deny key.
+//!
+//! When the subscription is lost it reconnects with a capped backoff, trying the next seed node
+//! in cluster mode (a cluster delivers every `PUBLISH` to subscribers on any node). Once
+//! subscribed again it clears the L1 and asks for a resync of the replica, because messages
+//! published meanwhile are gone. Until then the L1 keeps answering (that is what keeps a replica
+//! serving while Redis is down), each entry for at most `l1_ttl`, and the replica keeps every
+//! entry it holds. A ping every second notices a connection that died without closing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,7 +23,10 @@ use futures_util::StreamExt;
 use redis::Client;
 use tokio::sync::broadcast;
 
+use super::conn::Pool;
+use super::entry::DenyEntry;
 use super::l1::L1;
+use super::replica::{learn_old_revocation, Replica};
 use crate::store::Fingerprint;
 
 /// First wait before resubscribing; doubled per failure up to [`MAX_BACKOFF`].
@@ -30,6 +40,9 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 pub(super) struct Subscriber {
     /// One client per seed node (one in single-node mode).
     pub(super) clients: Vec<Client>,
+    /// The channel of full entries.
+    pub(super) entries_channel: String,
+    /// The channel of bare fingerprints.
     pub(super) channel: String,
     pub(super) l1: L1,
     pub(super) events: broadcast::Sender<Fingerprint>,
@@ -37,6 +50,14 @@ pub(super) struct Subscriber {
     pub(super) subscribed: Arc<AtomicBool>,
     /// Bound of connecting, subscribing and of each ping.
     pub(super) timeout: Duration,
+    /// The local deny-list.
+    pub(super) replica: Arc<Replica>,
+    /// To read the deny key of a revocation announced in the old format.
+    pub(super) pool: Arc<Pool>,
+    /// `store.key_prefix`, for that deny key.
+    pub(super) keys: super::keys::Keys,
+    /// How long a deny entry outlives its token.
+    pub(super) grace: Duration,
 }
 
 impl Subscriber {
@@ -69,14 +90,16 @@ impl Subscriber {
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| e.to_string())?;
-        tokio::time::timeout(bound, pubsub.subscribe(&self.channel))
+        let channels = [self.entries_channel.as_str(), self.channel.as_str()];
+        tokio::time::timeout(bound, pubsub.subscribe(&channels))
             .await
             .map_err(|_| "subscribe timed out".to_owned())?
             .map_err(|e| e.to_string())?;
         // Whatever was published while we were not listening is lost: forget what we cached.
         self.l1.clear();
         self.subscribed.store(true, Ordering::SeqCst);
-        tracing::info!(channel = %self.channel, "subscribed to revocations");
+        self.replica.subscribed_again();
+        tracing::info!(channel = %self.entries_channel, "subscribed to revocations");
 
         let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval(PING_EVERY);
@@ -88,7 +111,11 @@ impl Subscriber {
                         return Ok(());
                     };
                     let payload: String = message.get_payload().unwrap_or_default();
-                    self.revoked(&payload);
+                    if message.get_channel_name() == self.entries_channel {
+                        self.entry(&payload);
+                    } else {
+                        self.revoked(&payload);
+                    }
                 }
                 _ = ping.tick() => {
                     let pong = tokio::time::timeout(bound, sink.ping::<redis::Value>()).await;
@@ -100,14 +127,35 @@ impl Subscriber {
         }
     }
 
-    /// Handles one message: a fingerprint in hex. Anything else is ignored (and cannot be a
-    /// token: only fingerprints are published).
+    /// Handles a full entry: into the replica, out of the L1.
+    fn entry(&self, payload: &str) {
+        let Some(entry) = DenyEntry::from_message(payload) else {
+            tracing::debug!("ignoring a malformed revocation entry");
+            return;
+        };
+        self.replica.apply(&entry);
+        self.l1.invalidate(&entry.fp);
+    }
+
+    /// Handles a bare fingerprint in hex. Anything else is ignored (and cannot be a token: only
+    /// fingerprints are published).
     fn revoked(&self, payload: &str) {
         let Some(fp) = Fingerprint::from_hex(payload.trim()) else {
             tracing::debug!("ignoring a malformed revocation message");
             return;
         };
         self.l1.invalidate(&fp);
+        // A replica of this version announced the entry first, on the other channel; one of an
+        // earlier version did not, and its deny key is the only place to learn the end from.
+        if !self.replica.deny().is_denied(&fp) {
+            tokio::spawn(learn_old_revocation(
+                self.replica.clone(),
+                self.pool.clone(),
+                self.keys.revoked(&fp),
+                fp,
+                self.grace,
+            ));
+        }
         // No receiver (no verifier) is fine.
         let _ = self.events.send(fp);
     }
