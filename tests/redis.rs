@@ -204,6 +204,10 @@ async fn gateways_ride_out_a_redis_outage_and_recover_without_a_restart() {
     let out = logout(&api_a, &token).await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(code(&out), "store_unavailable");
+    // But the token in hand stops on the gateway that was asked, outage or not.
+    let after = api_a.scoped_get(&path, &token).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED, "{:?}", after.body);
+    assert_eq!(code(&after), "token_revoked");
     // The store's health is reported within a second (the ping's answer is reused that long),
     // in /readyz's body and the store_up gauge, but readiness does not follow it: a Redis
     // outage must not take every replica (and the storefront pods it sits in) out of service.

@@ -71,18 +71,20 @@ impl Validator {
                 expires_at,
             } => (*fingerprint, *expires_at, None),
         };
-        let mut revoked = match member {
-            Some(member) => self.revoke_member(member).await?,
-            None => 0,
-        };
+        // The presented token first: should the store fail halfway (Redis down), the token in
+        // hand is the one that must not keep working, and a backend denies it locally before
+        // it reports the failure.
         let newly = self
             .store
             .revoke(&fingerprint, expires_at, member)
             .await
             .map_err(|_| Rejection::StoreUnavailable)?;
+        let mut revoked = u64::from(newly);
         if newly {
-            revoked += 1;
             self.revoked(&[fingerprint]);
+        }
+        if let Some(member) = member {
+            revoked += self.revoke_member(member).await?;
         }
         Ok(revoked)
     }
