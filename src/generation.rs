@@ -188,6 +188,10 @@ fn key_material_digest(settings: &SignatureSettings) -> [u8; 32] {
         digest.update(piece);
     }
     digest.update([u8::from(settings.hs256_secret.is_some())]);
+    // The JWKS endpoint's extra CA is read when the verifier is built: a renewed one counts too.
+    if let Some(path) = &settings.jwks_ca_file {
+        digest.update(Sha256::digest(std::fs::read(path).unwrap_or_default()));
+    }
     digest.finalize().into()
 }
 

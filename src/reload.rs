@@ -51,18 +51,24 @@ pub struct Reloader {
     /// which under load can be after a file has already changed (the change would then never
     /// be seen).
     made_at: Option<[u8; 32]>,
+    /// SHA-256 of the Redis password the store was built with (see [`redis_password_digest`]).
+    redis_password: Option<[u8; 32]>,
 }
 
 impl Reloader {
     /// A reloader of `path` into `current`.
     pub fn new(path: PathBuf, shared: Shared, current: Arc<ArcSwap<Generation>>) -> Self {
-        let referenced = crate::generation::referenced_files(&current.load().config);
+        let running = current.load();
+        let referenced = crate::generation::referenced_files(&running.config);
         let made_at = digest_of(&path, &referenced);
+        let redis_password = redis_password_digest(&running.config);
+        drop(running);
         Reloader {
             path,
             shared,
             current,
             made_at,
+            redis_password,
         }
     }
 
@@ -111,7 +117,12 @@ impl Reloader {
         }
         let old = self.current.load_full();
         let mut config = loaded.config;
-        let restart_needed = keep_fixed(&old.config, &mut config);
+        let mut restart_needed = keep_fixed(&old.config, &mut config);
+        // The Redis connections were made with the password the store was built with; a
+        // rotated password file reaches them only through a restart.
+        if self.redis_password != redis_password_digest(&config) {
+            restart_needed.push("store.redis_password_file (its content)");
+        }
         let next = Generation::build(config, &self.shared, Some(&old)).await?;
         self.current.store(Arc::new(next));
         Ok(Reloaded { restart_needed })
@@ -162,6 +173,13 @@ impl Reloader {
             .ok()
             .flatten()
     }
+}
+
+/// SHA-256 of the Redis password file's content, when the configuration uses one (an
+/// environment variable cannot change under a running process).
+fn redis_password_digest(config: &Config) -> Option<[u8; 32]> {
+    let path = config.store.redis_password_file.as_ref()?;
+    Some(Sha256::digest(std::fs::read(path).unwrap_or_default()).into())
 }
 
 /// SHA-256 over the configuration file and each referenced file (a missing referenced file

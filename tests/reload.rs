@@ -324,3 +324,35 @@ async fn rotated_signing_keys_are_picked_up_and_the_old_ones_stop_at_once() {
     assert!(reloads(&metrics, "success") >= 1);
     assert!(metrics.contains("account_gate_config_restart_required 0"));
 }
+
+#[tokio::test]
+async fn a_rotated_redis_password_is_reported_as_needing_a_restart() {
+    let upstream = TestUpstream::http().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let password = dir.path().join("redis-password");
+    write(&password, "first\n");
+    let path = dir.path().join("account-gate.toml");
+    let extra = format!(
+        "config_poll_interval = \"0s\"\n[store]\nredis_password_file = \"{}\"\n",
+        password.display()
+    );
+    write(&path, &config_text(&upstream.url, &extra));
+    let gateway = TestGateway::from_file(&path).start().await;
+    let reloader = gateway.reloader.as_ref().expect("reloader");
+    assert!(reloader
+        .reload()
+        .await
+        .expect("reload")
+        .restart_needed
+        .is_empty());
+    write(&password, "second\n");
+    let reloaded = reloader.reload().await.expect("reload");
+    assert_eq!(
+        reloaded.restart_needed,
+        ["store.redis_password_file (its content)"]
+    );
+    assert!(gateway
+        .metrics()
+        .await
+        .contains("account_gate_config_restart_required 1"));
+}
