@@ -429,6 +429,8 @@ fn rules_are_a_well_formed_prometheus_rule() {
 
     let mut recorded = BTreeSet::new();
     let mut alerts = BTreeSet::new();
+    let runbook = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/runbook.md"))
+        .expect("docs/runbook.md");
     let list = rule_list(&rules);
     for rule in &list {
         let expr = rule["expr"].as_str().expect("every rule has an expr");
@@ -453,6 +455,21 @@ fn rules_are_a_well_formed_prometheus_rule() {
                         "{alert}: annotation {annotation}"
                     );
                 }
+                // Every alert links its section of docs/runbook.md (GitHub's anchor of a
+                // heading is its lower-cased text).
+                let url = rule["annotations"]["runbook_url"]
+                    .as_str()
+                    .unwrap_or_default();
+                let anchor = url.rsplit_once("docs/runbook.md#").map(|(_, a)| a);
+                assert_eq!(
+                    anchor,
+                    Some(alert.to_lowercase().as_str()),
+                    "{alert}: runbook_url {url:?}"
+                );
+                assert!(
+                    runbook.lines().any(|line| line == format!("## {alert}")),
+                    "docs/runbook.md has no section \"## {alert}\""
+                );
                 let for_ = rule["for"].as_str().unwrap_or_default();
                 assert!(is_duration(for_), "{alert}: `for` {for_:?}");
             }
