@@ -1,11 +1,14 @@
 //! What each subcommand does, so that `main.rs` only parses arguments.
 
+#[cfg(feature = "emulator")]
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::{self, LogFormat};
+#[cfg(feature = "emulator")]
 use crate::demo::{self, DemoAddrs};
+#[cfg(feature = "emulator")]
 use crate::emulator::{Emulator, EmulatorOptions};
 use crate::{logging, Server};
 
@@ -73,6 +76,7 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
 }
 
 /// `account-gate emulator`: the Commerce stand-in alone, until SIGTERM or SIGINT.
+#[cfg(feature = "emulator")]
 pub fn emulator(listen: SocketAddr) -> ExitCode {
     logging::init(&config::LogConfig {
         level: "info".to_owned(),
@@ -99,6 +103,7 @@ pub fn emulator(listen: SocketAddr) -> ExitCode {
 }
 
 /// `account-gate demo`: emulator and gateway on loopback, with a walkthrough.
+#[cfg(feature = "emulator")]
 pub fn demo(addrs: DemoAddrs) -> ExitCode {
     block_on(async move {
         match demo::run(addrs, shutdown_signal()).await {
@@ -123,6 +128,7 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
+#[cfg(feature = "emulator")]
 fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     match runtime(0) {
         Ok(runtime) => runtime.block_on(future),

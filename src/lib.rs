@@ -23,8 +23,9 @@
 //! - [`logging`]: text or JSON log lines.
 //! - [`tls`]: rustls client settings shared by the upstream and JWKS clients; `sync`: the one
 //!   mutex-locking helper every stateful module uses.
-//! - [`emulator`]: an in-process Commerce API stand-in for the demo, tests and benchmarks.
-//! - [`demo`] and [`cli`]: what the subcommands of `main.rs` do.
+//! - `emulator`: an in-process Commerce API stand-in for the demo, tests and benchmarks (cargo
+//!   feature `emulator`, on by default; the container image leaves it out).
+//! - `demo` (feature `emulator`) and [`cli`]: what the subcommands of `main.rs` do.
 //!
 //! # The path of a request
 //!
@@ -45,7 +46,9 @@ pub mod admin_api;
 pub mod answer;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "emulator")]
 pub mod demo;
+#[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod generation;
 pub mod logging;
@@ -63,3 +66,15 @@ pub mod token;
 pub mod validator;
 
 pub use server::{Server, StartError};
+
+/// The release, from `Cargo.toml`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git revision the binary was built from (12 hex digits), or `unknown` (see `build.rs`).
+pub const REVISION: &str = env!("ACCOUNT_GATE_REVISION");
+/// What `--version` prints after the name: `0.1.0 (0123456789ab)`.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("ACCOUNT_GATE_REVISION"),
+    ")"
+);

@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "emulator")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +18,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Authenticating reverse proxy for the Commerce account-management API.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = account_gate::LONG_VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,12 +43,14 @@ enum Command {
         config: PathBuf,
     },
     /// Run the Commerce API emulator alone.
+    #[cfg(feature = "emulator")]
     Emulator {
         /// Where the emulator listens.
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
     },
     /// Run the emulator and a gateway in front of it on loopback, and print a walkthrough.
+    #[cfg(feature = "emulator")]
     Demo {
         /// The gateway's data-plane address.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -78,7 +81,9 @@ fn main() -> ExitCode {
             });
             account_gate::cli::run(&config, format)
         }
+        #[cfg(feature = "emulator")]
         Command::Emulator { listen } => account_gate::cli::emulator(listen),
+        #[cfg(feature = "emulator")]
         Command::Demo {
             listen,
             admin_listen,

@@ -142,9 +142,9 @@ impl Metrics {
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
-                "Always 1; the version label names the running build.",
+                "Always 1; the version and revision labels name the running build.",
             ),
-            &["version"],
+            &["version", "revision"],
         )?;
         let signups_total = IntCounterVec::new(
             Opts::new(
@@ -273,7 +273,7 @@ impl Metrics {
         ))?;
 
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[crate::VERSION, crate::REVISION])
             .set(1);
         for route in ROUTES {
             request_duration_seconds.with_label_values(&[route]);

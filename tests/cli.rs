@@ -200,3 +200,31 @@ fn demo_comes_up_and_its_walkthrough_works() {
         "{stdout}"
     );
 }
+
+#[test]
+fn version_names_the_release_and_the_git_revision() {
+    let output = Command::new(BIN).arg("--version").output().expect("run");
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).expect("utf-8");
+    let (release, revision) = printed
+        .trim()
+        .strip_prefix("account-gate ")
+        .and_then(|rest| rest.split_once(" ("))
+        .and_then(|(release, rest)| Some((release, rest.strip_suffix(')')?)))
+        .unwrap_or_else(|| panic!("unexpected --version output {printed:?}"));
+    assert_eq!(release, env!("CARGO_PKG_VERSION"));
+    // In a git checkout it is the commit built; outside one (a tarball), `unknown`.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match head {
+        Some(head) if std::env::var_os("ACCOUNT_GATE_REVISION").is_none() => {
+            assert_eq!(revision, head)
+        }
+        _ => assert!(!revision.is_empty()),
+    }
+}

@@ -133,7 +133,14 @@ async fn every_metric_counts_what_happened() {
     let expect = |name: &str, value: f64| {
         assert_eq!(sample(&metrics, name), value, "{name}");
     };
-    expect("account_gate_build_info{version=\"0.1.0\"}", 1.0);
+    expect(
+        &format!(
+            "account_gate_build_info{{revision=\"{}\",version=\"{}\"}}",
+            account_gate::REVISION,
+            account_gate::VERSION
+        ),
+        1.0,
+    );
     expect(
         "account_gate_signups_total{mechanism=\"self_signup\",outcome=\"issued\"}",
         1.0,

@@ -387,7 +387,7 @@ async fn admin_serves_metrics_and_health() {
     let (status, body) = get(&gateway.admin_url("/metrics")).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains("account_gate_build_info{version=\""));
+    assert!(text.contains("account_gate_build_info{revision=\""));
     assert!(text.contains("account_gate_requests_total{code_class=\"2xx\",route=\"signup\"} 0"));
     assert_eq!(
         get(&gateway.admin_url("/nope")).await.0,
