@@ -1,4 +1,4 @@
-//! A bounded soak of a running gateway (issue 9): a mix of sign-ups, valid, cross-account,
+//! A bounded soak of a running gateway: a mix of sign-ups, valid, cross-account,
 //! tampered, revoked and missing tokens at a fixed rate, every answer checked against the
 //! decision it must get. Starts its own emulator as the upstream.
 //!

@@ -27,7 +27,7 @@ const DASHBOARD: &str = include_str!("../deploy/grafana/account-gate.json");
 const RULES: &str = include_str!("../deploy/prometheus/account-gate-rules.yaml");
 const RULE_TESTS: &str = include_str!("../deploy/prometheus/account-gate-rules.test.yaml");
 
-/// The alerts issue 5 asks for; more may exist.
+/// The alerts an operator must have; more may exist.
 const REQUIRED_ALERTS: [&str; 7] = [
     "AccountGateUpstreamErrorRatioHigh",
     "AccountGateLatencyP99High",

@@ -1,4 +1,4 @@
-//! The Redis store shared by several gateways (issue 6): every test starts its own
+//! The Redis store shared by several gateways: every test starts its own
 //! `redis-server` on a free port and two gateways in this process.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Revocations held on every replica (issue 17): through real gateways, a `redis-server` killed
+//! Revocations held on every replica: through real gateways, a `redis-server` killed
 //! with SIGKILL under load and restarted on its port, in every `tokens.mode`; a replica cut off
 //! from Redis while another revokes; a replica started after a revocation. Every test starts
 //! its own `redis-server` on a free port (and skips loudly where none is installed, except in

@@ -1,4 +1,4 @@
-"""Summarises a load run: medians per target, same-round ratios against the targets of issue 8,
+"""Summarises a load run: medians per target, same-round ratios against the performance targets,
 JSON + SVG."""
 import json
 import math

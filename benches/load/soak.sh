@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A bounded soak (issue 9): a gateway in front of the emulator takes a steady mix of sign-ups,
+# A bounded soak: a gateway in front of the emulator takes a steady mix of sign-ups,
 # valid, cross-account, tampered, revoked and missing tokens at RPS for SECONDS; every answer is
 # checked against the decision it must get; the gateway's RSS is sampled every 30 s. Not in CI.
 #

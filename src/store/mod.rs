@@ -121,7 +121,7 @@ pub enum StoreError {
 ///
 /// # Implementing a backend
 ///
-/// This trait is the extension point: a backend (the Redis one of issue 6) implements it, gets a
+/// This trait is the extension point: a backend (the Redis one, say) implements it, gets a
 /// variant in [`Store`], and no caller changes. Contract:
 ///
 /// - Methods return `impl Future + Send` so that callers can await them inside spawned hyper

@@ -43,7 +43,7 @@ pub enum TokenError {
 
 impl TokenError {
     /// The machine-readable reason for the JSON:API body and the `reason` metric label. A small
-    /// fixed set (issue 4's codes, plus two for issuer/audience).
+    /// fixed set (the validation codes, plus two for issuer/audience).
     pub fn code(&self) -> &'static str {
         match self {
             TokenError::Malformed | TokenError::InvalidClaims | TokenError::CriticalHeader => {
