@@ -45,12 +45,9 @@ pub fn server_config(
     tls: &crate::config::ListenerTlsConfig,
 ) -> Result<rustls::ServerConfig, ListenerTlsError> {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls_pki_types::PrivateKeyDer;
     let certs = |key: &'static str, path: &Path| {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| listener_error(key, path, e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| listener_error(key, path, e))?;
+        let certs = pem_certificates(path).map_err(|e| listener_error(key, path, e))?;
         if certs.is_empty() {
             return Err(listener_error(key, path, "no certificate in the file"));
         }
@@ -97,15 +94,11 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
     }
     roots.add_parsable_certificates(native.certs);
     if let Some(path) = ca_file {
-        use rustls_pki_types::pem::PemObject;
         let ca_error = |reason: String| TlsError::CaFile {
             path: path.display().to_string(),
             reason,
         };
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| ca_error(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ca_error(e.to_string()))?;
+        let certs = pem_certificates(path).map_err(|e| ca_error(e.to_string()))?;
         let (added, _) = roots.add_parsable_certificates(certs);
         if added == 0 {
             return Err(ca_error("no usable certificate in the file".to_owned()));
@@ -116,4 +109,12 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// Every certificate of a PEM file, in order (the listener's chain, a CA bundle).
+fn pem_certificates(
+    path: &Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, rustls_pki_types::pem::Error> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_file_iter(path)?.collect()
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use account_gate::emulator::{Emulator, EmulatorHandle, EmulatorOptions};
 use account_gate::store::{Fingerprint, TokenStore};
-use common::commerce::{issued, signup_data, Answer, Commerce, ACCOUNT_TOKEN, TOKENS};
+use common::commerce::{issued, signup_data, Answer, Commerce, ACCOUNT_TOKEN};
 use common::redis::TestRedis;
 use common::{get, wait_until, RunningGateway, TestGateway};
 use http::{Method, StatusCode};
@@ -42,17 +42,6 @@ async fn sign_up(api: &Commerce, user: &str) -> (String, String, String) {
 
 fn code(answer: &Answer) -> String {
     answer.error_code_and_pointer().0
-}
-
-async fn logout(api: &Commerce, token: &str) -> Answer {
-    let bearer = format!("Bearer {}", api.implicit().await);
-    api.send(
-        Method::DELETE,
-        TOKENS,
-        &[("authorization", &bearer), (ACCOUNT_TOKEN, token)],
-        "",
-    )
-    .await
 }
 
 /// `store_errors_total{backend="redis",op=…}` summed over every op, from `/metrics`.
@@ -138,7 +127,7 @@ async fn a_logout_on_one_gateway_is_refused_by_another_within_a_second() {
         (ACCOUNT_TOKEN, token.as_str()),
     ];
     let started = Instant::now();
-    assert_eq!(logout(&api_a, &token).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(api_a.logout(&token).await.status, StatusCode::NO_CONTENT);
     let mut refused = None;
     while started.elapsed() < Duration::from_secs(5) {
         let answer = api_b.send(Method::GET, &path, &headers, "").await;
@@ -201,7 +190,7 @@ async fn gateways_ride_out_a_redis_outage_and_recover_without_a_restart() {
         .await
         .contains(r#"account_gate_signups_total{mechanism="self_signup",outcome="unrecorded"} 1"#));
     // A logout cannot be recorded: say so rather than pretend.
-    let out = logout(&api_a, &token).await;
+    let out = api_a.logout(&token).await;
     assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(code(&out), "store_unavailable");
     // But the token in hand stops on the gateway that was asked, outage or not.
@@ -265,7 +254,7 @@ async fn gateways_ride_out_a_redis_outage_and_recover_without_a_restart() {
         .metrics()
         .await
         .contains("account_gate_revocation_subscription_up 1"));
-    assert_eq!(logout(&api_a, &token).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(api_a.logout(&token).await.status, StatusCode::NO_CONTENT);
     wait_until("B refuses the logged-out token", || async {
         api_b.scoped_get(&path, &token).await.status == StatusCode::UNAUTHORIZED
     })

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use account_gate::config::{Config, TokenMode, UnknownTokens};
 use account_gate::emulator::{mint_token, Emulator, EmulatorHandle, EmulatorOptions};
 use account_gate::store::Store;
-use common::commerce::{issued, signup_data, Answer, Commerce, ACCOUNT_TOKEN, TOKENS};
+use common::commerce::{issued, signup_data, Answer, Commerce};
 use common::cut::CutProxy;
 use common::redis::TestRedis;
 use common::{get, wait_until, RunningGateway, TestGateway};
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 const SECRET: &[u8] = b"an-hs256-secret-of-thirty-two-bytes!";
 
@@ -83,17 +83,6 @@ async fn sign_up(api: &Commerce, user: &str) -> (String, String, String) {
     (member, account, token)
 }
 
-async fn logout(api: &Commerce, token: &str) -> Answer {
-    let bearer = format!("Bearer {}", api.implicit().await);
-    api.send(
-        Method::DELETE,
-        TOKENS,
-        &[("authorization", &bearer), (ACCOUNT_TOKEN, token)],
-        "",
-    )
-    .await
-}
-
 fn code(answer: &Answer) -> String {
     answer.error_code_and_pointer().0
 }
@@ -140,7 +129,7 @@ async fn outage(mode: TokenMode, unknown: UnknownTokens) {
     );
     let (_, gone_account, gone) = sign_up(&api, "gone@example.com").await;
     let gone_path = format!("/v2/accounts/{gone_account}");
-    assert_eq!(logout(&api, &gone).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(api.logout(&gone).await.status, StatusCode::NO_CONTENT);
     let signing = EmulatorOptions {
         signing_secret: SECRET.to_vec(),
         ..EmulatorOptions::default()
@@ -299,7 +288,7 @@ async fn a_revocation_made_while_a_replica_was_cut_off_is_refused_there_once_it_
         !redis_store(&b).is_subscribed()
     })
     .await;
-    assert_eq!(logout(&api_a, &token).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(api_a.logout(&token).await.status, StatusCode::NO_CONTENT);
     // B never heard of it; once it is back, its resync brings it.
     proxy.heal();
     wait_until(
@@ -326,7 +315,7 @@ async fn a_replica_started_after_a_revocation_refuses_it_even_once_redis_is_gone
     let a = gateway(&upstream, &redis, &url, mode, reject, &secret).await;
     let api_a = Commerce::new(&a.url(""));
     let (_, account, token) = sign_up(&api_a, "ann@example.com").await;
-    assert_eq!(logout(&api_a, &token).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(api_a.logout(&token).await.status, StatusCode::NO_CONTENT);
 
     let b = gateway(&upstream, &redis, &url, mode, reject, &secret).await;
     assert!(b.sample("account_gate_revocations_held").await >= 1.0);

@@ -171,13 +171,8 @@ async fn a_changed_file_is_reloaded_by_itself_and_fixed_settings_are_reported() 
         "{metrics}"
     );
     // Reloading by hand reports what was kept.
-    let reloaded = gateway
-        .reloader
-        .as_ref()
-        .expect("reloader")
-        .reload()
-        .await
-        .expect("reload");
+    let reloader = gateway.reloader.as_ref().expect("reloader");
+    let reloaded = reloader.reload().await.expect("reload");
     assert_eq!(reloaded.restart_needed, ["server.max_connections"]);
 
     // The store is built once: a change to it is reported, not silently ignored.
@@ -185,13 +180,7 @@ async fn a_changed_file_is_reloaded_by_itself_and_fixed_settings_are_reported() 
         &path,
         &format!("{changed}\n[store]\nkey_prefix = \"other:\"\nl1_ttl = \"2s\"\n"),
     );
-    let reloaded = gateway
-        .reloader
-        .as_ref()
-        .expect("reloader")
-        .reload()
-        .await
-        .expect("reload");
+    let reloaded = reloader.reload().await.expect("reload");
     assert_eq!(
         reloaded.restart_needed,
         ["server.max_connections", "store.key_prefix", "store.l1_ttl"]

@@ -53,11 +53,6 @@ async fn emulator() -> EmulatorHandle {
     .expect("emulator")
 }
 
-async fn logout(api: &Commerce, token: &str) -> Answer {
-    api.send(Method::DELETE, TOKENS, &[(ACCOUNT_TOKEN, token)], "")
-        .await
-}
-
 /// GET of an account as a storefront sends it (with the emulator's client credentials).
 async fn account(api: &Commerce, account: &str, token: &str) -> Answer {
     api.scoped_get(&format!("/v2/accounts/{account}"), token)
@@ -101,7 +96,7 @@ async fn a_flood_of_logouts_on_a_small_store_cannot_push_a_revocation_out() {
                 .await,
         );
         let (first_account, first) = tokens[0].clone();
-        assert_eq!(logout(&api, &first).await.status, StatusCode::NO_CONTENT);
+        assert_eq!(api.logout(&first).await.status, StatusCode::NO_CONTENT);
 
         // 600 members sign up and log out, 16 at a time: three times the store's size.
         let base = gateway.url("");
@@ -114,7 +109,7 @@ async fn a_flood_of_logouts_on_a_small_store_cannot_push_a_revocation_out() {
                     );
                     tokio::spawn(async move {
                         let (_, tokens) = issued(&api.tokens(signup_data(&user, "pw")).await);
-                        logout(&api, &tokens[0].1).await.status
+                        api.logout(&tokens[0].1).await.status
                     })
                 })
                 .collect();
@@ -168,7 +163,7 @@ async fn a_member_past_the_quota_is_revoked_as_a_whole_and_can_log_in_again() {
         tokens.push((account_id, token));
     }
     assert_eq!(
-        logout(&api, &tokens[0].1).await.status,
+        api.logout(&tokens[0].1).await.status,
         StatusCode::NO_CONTENT
     );
     for (account_id, token) in &tokens {
@@ -210,7 +205,7 @@ async fn a_logout_with_a_token_nobody_vouches_for_revokes_only_that_token() {
     let unseen = mint_token(&EmulatorOptions::default(), &member, &account_id, 3600);
     let logout_requests = emulator.requests_to(TOKENS);
 
-    assert_eq!(logout(&api, &unseen).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(api.logout(&unseen).await.status, StatusCode::NO_CONTENT);
     assert_eq!(
         emulator.requests_to(TOKENS),
         logout_requests,
@@ -230,7 +225,7 @@ async fn a_logout_with_a_token_nobody_vouches_for_revokes_only_that_token() {
         .contains("account_gate_tokens_revoked_total 1"));
 
     // A token that is not even well-formed revokes nothing and is told so.
-    let garbage = logout(&api, "not-a-token").await;
+    let garbage = api.logout("not-a-token").await;
     assert_eq!(garbage.status, StatusCode::UNAUTHORIZED);
     assert_eq!(code(&garbage), "token_malformed");
 }
@@ -249,10 +244,7 @@ async fn logouts_are_rate_limited_per_client_and_per_member() {
     let api = Commerce::new(&gateway.url(""));
     let user = "leaving@example.com";
     let (_, first) = issued(&api.tokens(signup_data(user, "pw")).await);
-    assert_eq!(
-        logout(&api, &first[0].1).await.status,
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(api.logout(&first[0].1).await.status, StatusCode::NO_CONTENT);
     // The same member again, with a fresh token (the emulator's tokens differ from one second
     // to the next): over the member's limit, nothing revoked.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -264,7 +256,7 @@ async fn logouts_are_rate_limited_per_client_and_per_member() {
         assert!(std::time::Instant::now() < deadline, "no fresh token");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let limited = logout(&api, &second[0].1).await;
+    let limited = api.logout(&second[0].1).await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(code(&limited), "rate_limited");
     assert!(limited.headers.contains_key("retry-after"));
@@ -274,10 +266,10 @@ async fn logouts_are_rate_limited_per_client_and_per_member() {
     );
     // The client's third logout is its last; the fourth is refused before its token is read.
     assert_eq!(
-        logout(&api, "not-a-token").await.status,
+        api.logout("not-a-token").await.status,
         StatusCode::UNAUTHORIZED
     );
-    let over = logout(&api, "not-a-token").await;
+    let over = api.logout("not-a-token").await;
     assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
     let metrics = gateway.metrics().await;
     for limit in ["logout_ip", "logout_member"] {
@@ -288,6 +280,23 @@ async fn logouts_are_rate_limited_per_client_and_per_member() {
             "{metrics}"
         );
     }
+}
+
+/// Records `token` in the gateway's store as learned from an upstream 2xx, for member-a on
+/// account-a.
+async fn record_learned(gateway: &RunningGateway, token: &str) {
+    gateway
+        .store
+        .record(TokenRecord {
+            fingerprint: Fingerprint::of(token),
+            member_id: "member-a".into(),
+            account_id: "account-a".into(),
+            account_name: None,
+            expires_at: SystemTime::now() + Duration::from_secs(600),
+            learned: true,
+        })
+        .await
+        .expect("record");
 }
 
 /// A gateway whose store holds a learned record of a token signed by a key it does not have.
@@ -306,18 +315,7 @@ async fn holding_a_learned_record(mode: TokenMode) -> (TestUpstream, RunningGate
         ..EmulatorOptions::default()
     };
     let token = mint_token(&other_key, "member-a", "account-a", 3600);
-    gateway
-        .store
-        .record(TokenRecord {
-            fingerprint: Fingerprint::of(&token),
-            member_id: "member-a".into(),
-            account_id: "account-a".into(),
-            account_name: None,
-            expires_at: SystemTime::now() + Duration::from_secs(600),
-            learned: true,
-        })
-        .await
-        .expect("record");
+    record_learned(&gateway, &token).await;
     (upstream, gateway, token)
 }
 
@@ -338,18 +336,7 @@ async fn a_learned_record_vouches_in_issued_mode_and_is_counted_as_learned() {
     let upstream = TestUpstream::http().await;
     let gateway = TestGateway::new(&upstream.url).start().await;
     let token = mint_token(&EmulatorOptions::default(), "member-a", "account-a", 3600);
-    gateway
-        .store
-        .record(TokenRecord {
-            fingerprint: Fingerprint::of(&token),
-            member_id: "member-a".into(),
-            account_id: "account-a".into(),
-            account_name: None,
-            expires_at: SystemTime::now() + Duration::from_secs(600),
-            learned: true,
-        })
-        .await
-        .expect("record");
+    record_learned(&gateway, &token).await;
     let api = Commerce::new(&gateway.url(""));
     assert_eq!(bare(&api, "account-a", &token).await.status, StatusCode::OK);
     assert!(gateway.metrics().await.contains(

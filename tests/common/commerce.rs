@@ -86,6 +86,19 @@ impl Commerce {
         }
     }
 
+    /// Logout (`DELETE` on the token endpoint) with `token`, as a storefront sends it: with its
+    /// own access token beside the account token.
+    pub async fn logout(&self, token: &str) -> Answer {
+        let bearer = format!("Bearer {}", self.implicit().await);
+        self.send(
+            Method::DELETE,
+            TOKENS,
+            &[("authorization", &bearer), (ACCOUNT_TOKEN, token)],
+            "",
+        )
+        .await
+    }
+
     /// An implicit-grant access token.
     pub async fn implicit(&self) -> String {
         self.access_token(format!("grant_type=implicit&client_id={DEMO_CLIENT_ID}"))
