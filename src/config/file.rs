@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AdminConfig, Config, Http2Config, ListenerTlsConfig, LogConfig, LogFormat, RateLimitConfig,
-    SecretRef, ServerConfig, SignupConfig, StoreConfig, TokensConfig, UpstreamConfig,
+    SecretRef, ServerConfig, SignupConfig, StoreConfig, TokensConfig, TracingConfig,
+    UpstreamConfig,
 };
 
 /// The whole file.
@@ -29,6 +30,7 @@ pub(super) struct FileConfig {
     pub rate_limit: RateLimitConfig,
     pub store: StoreConfig,
     pub tokens: TokensConfig,
+    pub tracing: TracingConfig,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<crate::scope::RouteConfig>,
 }
@@ -163,6 +165,7 @@ impl FileConfig {
             rate_limit,
             store,
             tokens,
+            tracing,
             routes,
         } = self;
         Config {
@@ -203,6 +206,7 @@ impl FileConfig {
             rate_limit,
             store,
             tokens,
+            tracing,
             routes,
         }
     }
@@ -262,6 +266,7 @@ impl From<&Config> for FileConfig {
             rate_limit: c.rate_limit.clone(),
             store: c.store.clone(),
             tokens: c.tokens.clone(),
+            tracing: c.tracing.clone(),
             routes: c.routes.clone(),
         }
     }
