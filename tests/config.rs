@@ -688,6 +688,7 @@ fn bad_opentelemetry_settings_are_errors_naming_their_variable() {
         ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "10"),
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "20"),
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
     ];
     let refused = errors(MINIMAL, &env);
     let shown = refused.to_string();
@@ -696,6 +697,7 @@ fn bad_opentelemetry_settings_are_errors_naming_their_variable() {
         "tracing.sampler_arg",
         "tracing.batch.schedule_delay",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
         "tracing.endpoint",
         "tracing.resource_attributes",
         "tracing.batch.max_export_batch_size",

@@ -241,6 +241,14 @@ const PROTOCOL_VARIABLES: &[&str] = &[
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
 ];
 
+/// Compression of the export (`OTEL_EXPORTER_OTLP_COMPRESSION`): none. The spans of a batch are
+/// a few hundred KiB at most, sent to a collector that is usually on the same node; another
+/// value is an error here rather than a failed start.
+const COMPRESSION_VARIABLES: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+];
+
 /// Applies the standard variables in `env` on `tree` (after the `ACCOUNT_GATE__*` overrides,
 /// whose record of what they set is in `report`).
 pub(super) fn apply_standard_variables(
@@ -263,6 +271,16 @@ pub(super) fn apply_standard_variables(
                         "{protocol:?} is not supported: account-gate exports OTLP over HTTP with \
                          protobuf bodies (\"http/protobuf\", port 4318 on a collector)"
                     ),
+                );
+            }
+        }
+    }
+    for var in COMPRESSION_VARIABLES {
+        if let Some(compression) = get(var) {
+            if !compression.eq_ignore_ascii_case("none") {
+                report.invalid(
+                    var,
+                    format!("{compression:?} is not supported: spans are exported uncompressed"),
                 );
             }
         }
