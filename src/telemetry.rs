@@ -185,13 +185,16 @@ pub fn continue_trace(span: &Span, headers: &HeaderMap) {
     }
 }
 
-/// Writes `span`'s trace context as `traceparent` (and `tracestate`) into the headers of the
-/// request going upstream, replacing the client's.
+/// Writes `span`'s trace context as `traceparent` (and `tracestate`, when it has one) into the
+/// headers of the request going upstream, replacing the client's.
 pub fn inject(span: &Span, headers: &mut HeaderMap) {
     let context = span.context();
     if context.span().span_context().is_valid() {
-        headers.remove("tracestate");
         TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+        // The propagator writes `tracestate` even when it is empty.
+        if headers.get("tracestate").is_some_and(|v| v.is_empty()) {
+            headers.remove("tracestate");
+        }
     }
 }
 

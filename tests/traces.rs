@@ -420,8 +420,9 @@ async fn without_trace_context_a_sampled_request_starts_a_trace_and_refusals_are
     let access = gateway.access_line();
     let trace_id = access["trace_id"].as_str().expect("a trace id").to_owned();
     assert_eq!(trace_id.len(), 32, "{access}");
-    let (traceparent, _) = upstream_traceparent(&upstream);
+    let (traceparent, tracestate) = upstream_traceparent(&upstream);
     assert_eq!(parsed_traceparent(&traceparent).0, trace_id);
+    assert_eq!(tracestate, None, "no empty tracestate is invented");
     let trace = receiver.trace(&trace_id).await;
     let root = of_kind(&trace, SpanKind::Server);
     assert!(root.parent_span_id.is_empty(), "{root:?}");
