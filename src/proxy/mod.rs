@@ -23,13 +23,13 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use opentelemetry::trace::TraceId;
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use crate::answer::GatewayError;
 use crate::metrics::Metrics;
 use crate::scope::{Route, RouteKind};
 use crate::signup::{Mechanism, Outcome, Signup, SignupError, TeeBody};
-use crate::telemetry;
+use crate::telemetry::{self, traced};
 use crate::validator::{Validator, Verdict};
 
 pub use headers::{strip_hop_by_hop, X_REQUEST_ID};
@@ -196,10 +196,10 @@ impl Gateway {
             )
         };
 
-        let answer = self
-            .dispatch(request, peer, client, &request_id, &mut exchange)
-            .instrument(span.clone())
-            .await;
+        let answer = traced!(
+            span.clone(),
+            self.dispatch(request, peer, client, &request_id, &mut exchange)
+        );
         let mut response = match answer {
             Ok(response) => response,
             Err(error) => {
@@ -483,7 +483,7 @@ impl Gateway {
         };
 
         let sent = Instant::now();
-        let answer = self.upstream.send(outbound).instrument(span.clone()).await;
+        let answer = traced!(span.clone(), self.upstream.send(outbound));
         let took = sent.elapsed();
         exchange.upstream = Some(took);
         self.metrics.observe_upstream(exchange.route.index(), took);

@@ -45,7 +45,7 @@ pub mod redis;
 use std::future::Future;
 use std::time::SystemTime;
 
-use tracing::Instrument;
+use crate::telemetry::traced;
 
 pub use deny::DenyList;
 pub use fingerprint::Fingerprint;
@@ -285,43 +285,39 @@ impl Store {
 // larger, copied each time a request starts.
 impl TokenStore for Store {
     async fn record(&self, record: TokenRecord) -> Result<(), StoreError> {
-        let op = async {
+        traced!(self.span("store record"), async {
             match self {
                 Store::Memory(store) => store.record(record).await,
                 Store::Redis(store) => Box::pin(store.record(record)).await,
             }
-        };
-        op.instrument(self.span("store record")).await
+        })
     }
 
     async fn lookup(&self, fp: &Fingerprint) -> Result<Option<TokenRecord>, StoreError> {
-        let op = async {
+        traced!(self.span("store lookup"), async {
             match self {
                 Store::Memory(store) => store.lookup(fp).await,
                 Store::Redis(store) => Box::pin(store.lookup(fp)).await,
             }
-        };
-        op.instrument(self.span("store lookup")).await
+        })
     }
 
     async fn is_revoked(&self, fp: &Fingerprint) -> Result<bool, StoreError> {
-        let op = async {
+        traced!(self.span("store is revoked"), async {
             match self {
                 Store::Memory(store) => store.is_revoked(fp).await,
                 Store::Redis(store) => Box::pin(store.is_revoked(fp)).await,
             }
-        };
-        op.instrument(self.span("store is revoked")).await
+        })
     }
 
     async fn list_member(&self, member_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
-        let op = async {
+        traced!(self.span("store list member"), async {
             match self {
                 Store::Memory(store) => store.list_member(member_id).await,
                 Store::Redis(store) => store.list_member(member_id).await,
             }
-        };
-        op.instrument(self.span("store list member")).await
+        })
     }
 
     async fn member_revoked(
@@ -329,13 +325,12 @@ impl TokenStore for Store {
         member: &str,
         issued_at: Option<SystemTime>,
     ) -> Result<bool, StoreError> {
-        let op = async {
+        traced!(self.span("store member revoked"), async {
             match self {
                 Store::Memory(store) => store.member_revoked(member, issued_at).await,
                 Store::Redis(store) => Box::pin(store.member_revoked(member, issued_at)).await,
             }
-        };
-        op.instrument(self.span("store member revoked")).await
+        })
     }
 
     async fn revoke(
@@ -344,23 +339,21 @@ impl TokenStore for Store {
         expires_at: SystemTime,
         member: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let op = async {
+        traced!(self.span("store revoke"), async {
             match self {
                 Store::Memory(store) => store.revoke(fp, expires_at, member).await,
                 Store::Redis(store) => store.revoke(fp, expires_at, member).await,
             }
-        };
-        op.instrument(self.span("store revoke")).await
+        })
     }
 
     async fn revoke_member(&self, member_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
-        let op = async {
+        traced!(self.span("store revoke member"), async {
             match self {
                 Store::Memory(store) => store.revoke_member(member_id).await,
                 Store::Redis(store) => store.revoke_member(member_id).await,
             }
-        };
-        op.instrument(self.span("store revoke member")).await
+        })
     }
 
     fn count(&self) -> u64 {

@@ -4,10 +4,10 @@
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
-use tracing::Instrument;
 
 use super::{Identity, Rejection, Validator, Verdict};
 use crate::store::{Fingerprint, TokenStore};
+use crate::telemetry::traced;
 
 /// The longest a deny entry of a token nobody here vouched for lasts: its `exp` is unverified.
 /// A day is the Commerce API's token lifetime.
@@ -40,7 +40,7 @@ impl Validator {
     /// `unknown = "upstream"` would defer) still logs itself out, and only itself: its claims are
     /// unverified, so they name nobody whose tokens could be revoked with it.
     pub async fn check_logout(&self, headers: &HeaderMap) -> Result<Logout, Rejection> {
-        let check = async {
+        traced!(super::check_span(), async {
             let token = self.required_token(headers)?;
             match self.validate(token, None, false).await {
                 Verdict::Forward(Some(identity)) => Ok(Logout::Member(identity)),
@@ -56,8 +56,7 @@ impl Validator {
                     Err(self.reject(Rejection::Unauthorized("token_unknown")))
                 }
             }
-        };
-        check.instrument(super::check_span()).await
+        })
     }
 
     /// Logout: revokes every known token of the member and the presented token itself (which

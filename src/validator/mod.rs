@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, StatusCode};
-use tracing::Instrument;
 
 use crate::config::{TokenMode, UnknownTokens};
 use crate::metrics::Metrics;
 use crate::scope::{Binding, PathError, Route, Rules, TokenRequirement};
 use crate::store::{Fingerprint, Store, TokenRecord, TokenStore};
-use crate::telemetry;
+use crate::telemetry::{self, traced};
 use crate::token::unverified;
 use crate::token::{TokenError, Verifier};
 
@@ -128,7 +127,7 @@ impl Validator {
         if requirement == TokenRequirement::Off {
             return Verdict::Untouched;
         }
-        let check = async {
+        traced!(check_span(), async {
             let token = match self.token(headers) {
                 Ok(Some(token)) => token,
                 Ok(None) if requirement == TokenRequirement::Optional => {
@@ -140,14 +139,13 @@ impl Validator {
             };
             let learns = requirement == TokenRequirement::Required;
             self.validate(token, route.binding(), learns).await
-        };
-        check.instrument(check_span()).await
+        })
     }
 
     /// Validates the token of a request that must carry one but names no account in its path
     /// (logout, account switch).
     pub async fn check_token(&self, headers: &HeaderMap) -> Result<Identity, Rejection> {
-        let check = async {
+        traced!(check_span(), async {
             let token = self.required_token(headers)?;
             match self.validate(token, None, false).await {
                 Verdict::Forward(Some(identity)) => Ok(identity),
@@ -157,8 +155,7 @@ impl Validator {
                     Err(self.reject(Rejection::Unauthorized("token_unknown")))
                 }
             }
-        };
-        check.instrument(check_span()).await
+        })
     }
 
     /// Learns from the upstream's answer to a deferred token: a 2xx on a token-required route
