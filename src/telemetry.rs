@@ -157,6 +157,9 @@ impl Telemetry {
             .with_level(false)
             .with_target(false)
             .with_tracked_inactivity(false)
+            // Nothing here reads the OpenTelemetry context of the current span (propagation
+            // asks the span itself), so it need not be made current at every poll.
+            .with_context_activation(false)
             .with_filter(
                 tracing_subscriber::filter::filter_fn(|meta| {
                     meta.is_span() && meta.target() == TARGET

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What traces cost a request: the gateway with tracing off, with tracing on at 100 % sampling
-# (every request exported, five spans each: request, token check, two store lookups, upstream
-# call), and an older build without tracing at all, in one run, as ratios of the same round.
+# (every request exported, three spans each: request, token check and upstream call, the memory
+# store having none), and an older build without tracing at all, in one run, as ratios of the
+# same round.
 #
 #   BASE_BIN=/path/to/older/account-gate benches/load/tracing.sh
 #   BIN=/path/to/this/account-gate BASE_BIN=... ROUNDS=9 DURATION=5 benches/load/tracing.sh

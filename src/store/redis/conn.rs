@@ -17,9 +17,11 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 
 use super::BACKEND;
 use crate::store::StoreError;
+use crate::telemetry;
 
 /// Reconnection attempts per failure before the manager waits for the next command.
 const RECONNECT_RETRIES: usize = 3;
@@ -159,8 +161,16 @@ impl Pool {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let attempt = async { command(self.conn().await?).await };
-        match tokio::time::timeout(self.timeout, attempt).await {
+        let attempt =
+            tokio::time::timeout(self.timeout, async { command(self.conn().await?).await });
+        // A round trip to Redis is a span of the request it serves (none for the background
+        // work: loading, resyncing, counting).
+        let answer = if telemetry::enabled() && !tracing::Span::current().is_none() {
+            attempt.instrument(redis_span(op)).await
+        } else {
+            attempt.await
+        };
+        match answer {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(self.failed(op, error.to_string())),
             Err(_) => Err(self.failed(
@@ -185,4 +195,15 @@ impl Pool {
             reason,
         }
     }
+}
+
+/// The span of one Redis command, named by its operation (`store_errors_total{op}`).
+fn redis_span(op: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        target: telemetry::TARGET,
+        "redis",
+        otel.name = op,
+        otel.kind = "client",
+        db.system.name = "redis",
+    )
 }
