@@ -13,8 +13,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AdminConfig, Config, Http2Config, ListenerTlsConfig, LogConfig, LogFormat, RateLimitConfig,
-    SecretRef, ServerConfig, SignupConfig, StoreConfig, TokensConfig, UpstreamConfig,
+    AdminConfig, AuthzConfig, Config, Http2Config, ListenerTlsConfig, LogConfig, LogFormat,
+    RateLimitConfig, SecretRef, ServerConfig, SignupConfig, StoreConfig, TokensConfig,
+    UpstreamConfig,
 };
 
 /// The whole file.
@@ -31,6 +32,7 @@ pub(super) struct FileConfig {
     pub tokens: TokensConfig,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<crate::scope::RouteConfig>,
+    pub authz: AuthzConfig,
 }
 
 /// `[server]`; see [`ServerConfig`] for what each key does.
@@ -164,6 +166,7 @@ impl FileConfig {
             store,
             tokens,
             routes,
+            authz,
         } = self;
         Config {
             server: ServerConfig {
@@ -204,6 +207,7 @@ impl FileConfig {
             store,
             tokens,
             routes,
+            authz,
         }
     }
 }
@@ -263,6 +267,7 @@ impl From<&Config> for FileConfig {
             store: c.store.clone(),
             tokens: c.tokens.clone(),
             routes: c.routes.clone(),
+            authz: c.authz.clone(),
         }
     }
 }

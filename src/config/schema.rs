@@ -12,8 +12,8 @@ use toml::{Table, Value};
 use super::error::Report;
 use super::file::{AdminFile, LogFile, ServerFile, UpstreamFile};
 use super::{
-    Http2Config, ListenerTlsConfig, RateLimitConfig, SignatureConfig, SignupConfig, StoreConfig,
-    TokensConfig,
+    AuthzConfig, Http2Config, ListenerTlsConfig, RateLimitConfig, SignatureConfig, SignupConfig,
+    StoreConfig, TokensConfig,
 };
 use crate::scope::RouteConfig;
 
@@ -80,6 +80,7 @@ pub(super) const SECTIONS: &[Section] = &[
     Section::of::<TokensConfig>("tokens")
         .with_children(&[Section::of::<SignatureConfig>("signature")]),
     Section::array_of::<RouteConfig>("routes"),
+    Section::of::<AuthzConfig>("authz"),
 ];
 
 /// The section called `name`.
