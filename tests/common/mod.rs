@@ -3,6 +3,7 @@
 
 pub mod commerce;
 pub mod cut;
+pub mod ingress;
 pub mod keys;
 pub mod lenient;
 pub mod process;
