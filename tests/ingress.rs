@@ -214,3 +214,62 @@ async fn caddy_forward_auth_in_front_of_the_emulator() {
     walk(&ingress, &recorder, &gateway).await;
     gateway.shutdown().await;
 }
+
+/// The untested configurations at least name what the gateway expects: the token endpoint, the
+/// identity headers, the path prefix the documentation tells to set, and the removal of a
+/// client's identity headers before the decision.
+#[test]
+fn every_shipped_configuration_names_the_gateways_paths_and_headers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ingress");
+    for file in [
+        "nginx/account-gate.conf",
+        "caddy/Caddyfile",
+        "traefik/account-gate.yaml",
+        "envoy/envoy.yaml",
+        "istio/authorization-policy.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("shipped");
+        assert!(text.contains("/v2/account-members/tokens"), "{file}");
+        if file.ends_with(".yaml") {
+            let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&text)
+                .map(|doc| serde::Deserialize::deserialize(doc).expect("YAML"))
+                .collect();
+            assert!(!docs.is_empty(), "{file}");
+        }
+    }
+    for file in [
+        "nginx/account-gate.conf",
+        "caddy/Caddyfile",
+        "traefik/account-gate.yaml",
+        "envoy/envoy.yaml",
+        "istio/mesh-config.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file))
+            .expect("shipped")
+            .to_lowercase();
+        assert!(text.contains("x-account-id"), "{file}");
+        assert!(text.contains("x-account-member-id"), "{file}");
+    }
+    for file in ["envoy/envoy.yaml", "istio/mesh-config.yaml"] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("shipped");
+        let prefix = text
+            .lines()
+            .find_map(|line| {
+                let line = line.trim();
+                line.strip_prefix("path_prefix:")
+                    .or_else(|| line.strip_prefix("pathPrefix:"))
+            })
+            .unwrap_or_else(|| panic!("{file} has no path prefix"))
+            .trim();
+        assert_eq!(prefix, "/authz", "{file}");
+        // The value the README tells to set is one the gateway accepts.
+        let config = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[authz]\npath_prefix = \"{prefix}\"\n"
+        );
+        assert!(account_gate::config::from_toml_str(&config, &[]).is_ok());
+    }
+    for file in ["envoy/envoy.yaml", "istio/authorization-policy.yaml"] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("shipped");
+        assert!(text.contains("- remove: x-account-id"), "{file}");
+    }
+}
