@@ -15,7 +15,7 @@
 //! the validator refuses it, as on the proxy.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -120,18 +120,24 @@ impl Decisions {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
-        let started = Instant::now();
         // The body is never read: the decision is made on the head alone.
         let (mut parts, _body) = request.into_parts();
+        Ok(self.answer(&mut parts, peer.ip()).await)
+    }
+
+    /// The answer to a call whose head is `call`, from `client`: the whole decision, counted
+    /// and logged.
+    pub async fn answer(&self, call: &mut Parts, client: IpAddr) -> Response<Body> {
+        let started = Instant::now();
         // As on the proxy: what a `Connection` header names is not part of the judged request.
-        headers::strip_hop_by_hop(&mut parts.headers);
-        let request_id = headers::request_id(&parts.headers);
+        headers::strip_hop_by_hop(&mut call.headers);
+        let request_id = headers::request_id(&call.headers);
         let mut decided = Decided {
             method: None,
             outcome: "allowed",
             reason: "-",
         };
-        let mut response = match self.decide(&parts, &mut decided).await {
+        let mut response = match self.decide(call, &mut decided).await {
             Ok(response) => response,
             Err(error) => {
                 decided.outcome = "denied";
@@ -155,9 +161,9 @@ impl Decisions {
             outcome = decided.outcome,
             reason = decided.reason,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            client = %peer.ip(),
+            client = %client,
         );
-        Ok(response)
+        response
     }
 
     async fn decide(
