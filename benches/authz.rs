@@ -107,12 +107,12 @@ fn bench(c: &mut Criterion) {
             StatusCode::UNAUTHORIZED,
         ),
     ] {
-        let answer = ready(decisions.answer(&mut call(target, token), client));
+        let answer = ready(decisions.answer(&call(target, token), client));
         assert_eq!(answer.status(), status, "{name}");
         group.bench_function(name, |b| {
             b.iter_batched(
                 || call(target, token),
-                |mut parts| ready(decisions.answer(black_box(&mut parts), client)),
+                |parts| ready(decisions.answer(black_box(&parts), client)),
                 BatchSize::SmallInput,
             )
         });

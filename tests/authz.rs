@@ -292,6 +292,16 @@ async fn malformed_or_ambiguous_calls_are_refused_and_never_guessed() {
     ])
     .await;
     assert_refused(&answer, StatusCode::BAD_REQUEST, "target_ambiguous");
+    // The call's `Connection` is the ingress's own: a header it names is still read, never
+    // dropped for the call's own path to be judged instead.
+    let answer = send(vec![
+        token_header(),
+        ("connection", "x-forwarded-uri, x-forwarded-method".into()),
+        ("x-forwarded-method", "GET".into()),
+        ("x-forwarded-uri", theirs.clone()),
+    ])
+    .await;
+    assert_refused(&answer, StatusCode::FORBIDDEN, "scope_mismatch");
     // Half a pair: never the call's own method or path in its place.
     for (name, value) in [
         ("x-forwarded-uri", own.clone()),

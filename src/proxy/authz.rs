@@ -121,16 +121,17 @@ impl Decisions {
         peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
         // The body is never read: the decision is made on the head alone.
-        let (mut parts, _body) = request.into_parts();
-        Ok(self.answer(&mut parts, peer.ip()).await)
+        let (parts, _body) = request.into_parts();
+        Ok(self.answer(&parts, peer.ip()).await)
     }
 
     /// The answer to a call whose head is `call`, from `client`: the whole decision, counted
     /// and logged.
-    pub async fn answer(&self, call: &mut Parts, client: IpAddr) -> Response<Body> {
+    pub async fn answer(&self, call: &Parts, client: IpAddr) -> Response<Body> {
         let started = Instant::now();
-        // As on the proxy: what a `Connection` header names is not part of the judged request.
-        headers::strip_hop_by_hop(&mut call.headers);
+        // Unlike the proxy, nothing a `Connection` header names is removed: the call's
+        // `Connection` is the ingress's own, and removing the headers it names could only take
+        // away the ones naming the judged request, leaving a guess in their place.
         let request_id = headers::request_id(&call.headers);
         let mut decided = Decided {
             method: None,
