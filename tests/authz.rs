@@ -445,3 +445,26 @@ async fn the_authz_listener_is_off_unless_configured() {
     assert!(gateway.authz_addr.is_none());
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_authz_listener_speaks_h2c_and_counts_its_connections() {
+    let (_emulator, gateway, proxy, _authz) = stack(|_| {}).await;
+    let (member, tokens) = issued(&proxy.tokens(signup_data("ann@example.com", "pw-ann")).await);
+    let (account, token) = tokens[0].clone();
+    let addr = gateway.authz_addr.expect("authz listener");
+    // Envoy may call its ext_authz cluster over HTTP/2.
+    let request = http::Request::get(format!("http://{addr}{PREFIX}/v2/accounts/{account}"))
+        .header(ACCOUNT_TOKEN, token.as_str())
+        .body(http_body_util::Full::default())
+        .expect("request");
+    let client = common::h2_client();
+    let response = client.request(request).await.expect("h2c answer");
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-account-id"], account.as_str());
+    assert_eq!(response.headers()["x-account-member-id"], member.as_str());
+    // The pooled connection is open, and counted on the authz listener.
+    let open = "account_gate_connections_open{listener=\"authz\"}";
+    assert_eq!(gateway.sample(open).await, 1.0);
+    gateway.shutdown().await;
+}
