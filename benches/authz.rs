@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use account_gate::config::{TokenMode, UnknownTokens};
+use account_gate::config::{AuthzConfig, TokenMode, UnknownTokens};
 use account_gate::metrics::Metrics;
 use account_gate::proxy::Decisions;
 use account_gate::scope::Rules;
@@ -59,7 +59,7 @@ fn decisions() -> Decisions {
         identity: IdentityHeaders::new("X-Account-Id", "X-Account-Member-Id"),
     };
     let validator = Arc::new(Validator::new(settings, store, None, metrics.clone()));
-    Decisions::new(validator, "", metrics)
+    Decisions::new(validator, &AuthzConfig::default(), metrics)
 }
 
 /// The head of nginx's `auth_request` call about `GET target`.

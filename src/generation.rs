@@ -115,7 +115,7 @@ impl Generation {
         }
         let decisions = Arc::new(Decisions::new(
             validator.clone(),
-            &config.authz.path_prefix,
+            &config.authz,
             shared.metrics.clone(),
         ));
         let gateway = Arc::new(Gateway::new(

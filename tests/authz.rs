@@ -468,3 +468,48 @@ async fn the_authz_listener_speaks_h2c_and_counts_its_connections() {
     assert_eq!(gateway.sample(open).await, 1.0);
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pinned_source_is_read_alone_and_the_others_are_ignored() {
+    use account_gate::config::TargetFrom;
+    for (from, convention) in [
+        (TargetFrom::Forwarded, Convention::Forwarded),
+        (TargetFrom::Original, Convention::Original),
+        (TargetFrom::Path, Convention::Own),
+    ] {
+        let (_emulator, gateway, proxy, authz) = stack(|c| c.authz.target_from = from).await;
+        let (member, tokens) =
+            issued(&proxy.tokens(signup_data("ann@example.com", "pw-ann")).await);
+        let (account, token) = tokens[0].clone();
+        let (_, other) = issued(&proxy.tokens(signup_data("bob@example.com", "pw-bob")).await);
+        let theirs = format!("/v2/accounts/{}", other[0].0);
+        let own = format!("/v2/accounts/{account}");
+        // Every other source names another account: ignored, never ambiguous.
+        let mut headers = vec![(ACCOUNT_TOKEN, token.as_str())];
+        for (name, value) in [
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", theirs.as_str()),
+            ("x-original-method", "GET"),
+            ("x-original-uri", theirs.as_str()),
+        ] {
+            let pinned = match from {
+                TargetFrom::Forwarded => name.starts_with("x-forwarded"),
+                TargetFrom::Original => name.starts_with("x-original"),
+                _ => false,
+            };
+            if !pinned {
+                headers.push((name, value));
+            }
+        }
+        let answer = decide(&authz, convention, "GET", &own, &headers).await;
+        assert_allowed(&answer, Some((&account, &member)));
+        // The pinned source missing is refused, never replaced by another.
+        if from != TargetFrom::Path {
+            let answer = authz
+                .send(Method::GET, &own, &[(ACCOUNT_TOKEN, token.as_str())], "")
+                .await;
+            assert_refused(&answer, StatusCode::BAD_REQUEST, "target_header_missing");
+        }
+        gateway.shutdown().await;
+    }
+}

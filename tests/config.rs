@@ -609,7 +609,12 @@ fn the_authz_listener_is_off_by_default_and_checked_when_set() {
         &[
             ("ACCOUNT_GATE__AUTHZ__LISTEN", "127.0.0.1:8081"),
             ("ACCOUNT_GATE__AUTHZ__PATH_PREFIX", "/ext-authz"),
+            ("ACCOUNT_GATE__AUTHZ__TARGET_FROM", "path"),
         ],
+    );
+    assert_eq!(
+        loaded.config.authz.target_from,
+        account_gate::config::TargetFrom::Path
     );
     assert_eq!(
         loaded.config.authz.listen,

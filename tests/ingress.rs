@@ -11,7 +11,7 @@ mod common;
 
 use std::path::Path;
 
-use account_gate::config::UnknownTokens;
+use account_gate::config::{TargetFrom, UnknownTokens};
 use account_gate::emulator::{Emulator, EmulatorHandle, EmulatorOptions};
 use common::commerce::{issued, signup_data, Answer, Commerce, ACCOUNT_TOKEN};
 use common::ingress::{free_port, shipped, tool, Ingress, Recorder};
@@ -19,9 +19,10 @@ use common::{RunningGateway, TestGateway};
 use http::{Method, StatusCode};
 
 /// The emulator, the recorder in front of it, and a gateway whose proxy forwards to the
-/// emulator, with its authz listener on. `unknown = "reject"`: behind the shipped
-/// configurations every token is issued through the gateway's proxy and so is known.
-async fn stack() -> (EmulatorHandle, Recorder, RunningGateway) {
+/// emulator, with its authz listener on, reading the judged request from `target_from` (as
+/// deploy/ingress/README.md recommends for each ingress). `unknown = "reject"`: behind the
+/// shipped configurations every token is issued through the gateway's proxy and so is known.
+async fn stack(target_from: TargetFrom) -> (EmulatorHandle, Recorder, RunningGateway) {
     let emulator = Emulator::spawn(
         "127.0.0.1:0".parse().expect("addr"),
         EmulatorOptions::default(),
@@ -33,6 +34,7 @@ async fn stack() -> (EmulatorHandle, Recorder, RunningGateway) {
         .configure(|c| {
             c.authz.listen = Some("127.0.0.1:0".parse().expect("addr"));
             c.tokens.unknown = UnknownTokens::Reject;
+            c.authz.target_from = target_from;
         })
         .start()
         .await;
@@ -174,7 +176,7 @@ async fn nginx_auth_request_in_front_of_the_emulator() {
     let Some(nginx) = tool("nginx", &["/usr/sbin/nginx"], "nginx") else {
         return;
     };
-    let (_emulator, recorder, gateway) = stack().await;
+    let (_emulator, recorder, gateway) = stack(TargetFrom::Original).await;
     let (proxy, authz) = addrs(&gateway);
     let port = free_port();
     let listen = format!("listen 127.0.0.1:{port};");
@@ -197,7 +199,7 @@ async fn caddy_forward_auth_in_front_of_the_emulator() {
     let Some(caddy) = tool("caddy", &[], "caddy") else {
         return;
     };
-    let (_emulator, recorder, gateway) = stack().await;
+    let (_emulator, recorder, gateway) = stack(TargetFrom::Forwarded).await;
     let (proxy, authz) = addrs(&gateway);
     let port = free_port();
     let site = format!("http://127.0.0.1:{port}");

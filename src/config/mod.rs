@@ -60,7 +60,7 @@ pub use schema::schema_keys;
 pub use secret::{Secret, SecretError, SecretRef};
 pub use sections::{
     AuthzConfig, Http2Config, ListenerTlsConfig, RateLimitConfig, SecretEncoding, SignatureConfig,
-    SignupConfig, StoreBackend, StoreConfig, TokenMode, TokensConfig, UnknownTokens,
+    SignupConfig, StoreBackend, StoreConfig, TargetFrom, TokenMode, TokensConfig, UnknownTokens,
 };
 
 /// The whole, validated configuration of one gateway.

@@ -422,6 +422,27 @@ pub struct AuthzConfig {
     /// (Envoy's HTTP `ext_authz` service prepends its `path_prefix`): `/authz` makes a call to
     /// `/authz/v2/accounts/A` judge `/v2/accounts/A`. Empty (the default) removes nothing.
     pub path_prefix: String,
+    /// Where the judged request's method and target are read: `any` (the default) takes
+    /// `X-Forwarded-Method`/`-Uri`, else `X-Original-Method`/`-URI`, else the call's own method
+    /// and path, and refuses a call carrying both pairs; `forwarded` (Traefik, Caddy),
+    /// `original` (nginx) or `path` (Envoy, Istio) reads that source alone and ignores the
+    /// others, so that headers a client slipped past the ingress cannot name the target.
+    pub target_from: TargetFrom,
+}
+
+/// `[authz] target_from`: where the judged request is named.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetFrom {
+    /// Whichever the call carries (both header pairs: 400).
+    #[default]
+    Any,
+    /// `X-Forwarded-Method` and `X-Forwarded-Uri` only.
+    Forwarded,
+    /// `X-Original-Method` and `X-Original-URI` only.
+    Original,
+    /// The call's own method and path, `path_prefix` removed, only.
+    Path,
 }
 
 /// An optional socket address, with an error that quotes the value.

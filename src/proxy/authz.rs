@@ -4,8 +4,8 @@
 //!
 //! The judged request is read from the call: its method and target from `X-Forwarded-Method` and
 //! `X-Forwarded-Uri` (Traefik, Caddy), else `X-Original-Method` and `X-Original-URI` (nginx),
-//! else the call's own method and path with `authz.path_prefix` removed (Envoy); its token and
-//! `Origin` are the call's own headers. The target goes through the same canonical form and
+//! else the call's own method and path with `authz.path_prefix` removed (Envoy), or from the one
+//! source `authz.target_from` pins; its token and `Origin` are the call's own headers. The target goes through the same canonical form and
 //! route rules as on the proxy, and the token through the same [`Validator`]. The answer is `200`
 //! with the identity headers for the ingress to copy upstream, or the proxy's own refusal.
 //!
@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 
 use super::{full_body, headers, is_preflight, Body, ALLOW_ANY, X_REQUEST_ID};
 use crate::answer::GatewayError;
+use crate::config::{AuthzConfig, TargetFrom};
 use crate::metrics::{Metrics, AUTHZ_ROUTE};
 use crate::scope::RouteKind;
 use crate::validator::{Validator, Verdict};
@@ -93,6 +94,8 @@ pub struct Decisions {
     validator: Arc<Validator>,
     /// `authz.path_prefix`; empty removes nothing.
     path_prefix: String,
+    /// `authz.target_from`.
+    target_from: TargetFrom,
     metrics: Arc<Metrics>,
 }
 
@@ -104,12 +107,13 @@ struct Decided {
 }
 
 impl Decisions {
-    /// Decisions by `validator` (the proxy's own), with `path_prefix` removed from calls that
-    /// carry no target header.
-    pub fn new(validator: Arc<Validator>, path_prefix: &str, metrics: Arc<Metrics>) -> Self {
+    /// Decisions by `validator` (the proxy's own), reading the judged request as `config`
+    /// (`[authz]`) says.
+    pub fn new(validator: Arc<Validator>, config: &AuthzConfig, metrics: Arc<Metrics>) -> Self {
         Decisions {
             validator,
-            path_prefix: path_prefix.to_owned(),
+            path_prefix: config.path_prefix.clone(),
+            target_from: config.target_from,
             metrics,
         }
     }
@@ -208,15 +212,26 @@ impl Decisions {
         Ok(allowed)
     }
 
-    /// The judged request's method and target, from whichever convention the call follows.
+    /// The judged request's method and target, from the source `authz.target_from` names.
     fn judged(&self, call: &Parts) -> Result<(Method, Uri), AuthzError> {
-        let forwarded = pair(&call.headers, &X_FORWARDED_METHOD, &X_FORWARDED_URI)?;
-        let original = pair(&call.headers, &X_ORIGINAL_METHOD, &X_ORIGINAL_URI)?;
-        let (method, target, names) = match (forwarded, original) {
-            (Some(_), Some(_)) => return Err(AuthzError::Ambiguous),
-            (Some((method, target)), None) => (method, target, FORWARDED_NAMES),
-            (None, Some((method, target))) => (method, target, ORIGINAL_NAMES),
-            (None, None) => return self.own(call),
+        let forwarded = || pair(&call.headers, &X_FORWARDED_METHOD, &X_FORWARDED_URI);
+        let original = || pair(&call.headers, &X_ORIGINAL_METHOD, &X_ORIGINAL_URI);
+        let (method, target, names) = match self.target_from {
+            TargetFrom::Path => return self.own(call),
+            TargetFrom::Forwarded => match forwarded()? {
+                Some((method, target)) => (method, target, FORWARDED_NAMES),
+                None => return Err(AuthzError::Missing("X-Forwarded-Method/-Uri")),
+            },
+            TargetFrom::Original => match original()? {
+                Some((method, target)) => (method, target, ORIGINAL_NAMES),
+                None => return Err(AuthzError::Missing("X-Original-Method/-URI")),
+            },
+            TargetFrom::Any => match (forwarded()?, original()?) {
+                (Some(_), Some(_)) => return Err(AuthzError::Ambiguous),
+                (Some((method, target)), None) => (method, target, FORWARDED_NAMES),
+                (None, Some((method, target))) => (method, target, ORIGINAL_NAMES),
+                (None, None) => return self.own(call),
+            },
         };
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|_| AuthzError::Invalid(names.0, "method"))?;
