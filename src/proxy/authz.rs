@@ -5,9 +5,10 @@
 //! The judged request is read from the call: its method and target from `X-Forwarded-Method` and
 //! `X-Forwarded-Uri` (Traefik, Caddy), else `X-Original-Method` and `X-Original-URI` (nginx),
 //! else the call's own method and path with `authz.path_prefix` removed (Envoy), or from the one
-//! source `authz.target_from` pins; its token and `Origin` are the call's own headers. The target goes through the same canonical form and
-//! route rules as on the proxy, and the token through the same [`Validator`]. The answer is `200`
-//! with the identity headers for the ingress to copy upstream, or the proxy's own refusal.
+//! source `authz.target_from` pins; its token and `Origin` are the call's own headers. The
+//! target goes through the same canonical form and route rules as on the proxy, and the token
+//! through the same [`Validator`]. The answer is `200` with the identity headers for the ingress
+//! to copy upstream, or the proxy's own refusal.
 //!
 //! An unknown token the proxy would forward once for the upstream to judge
 //! (`tokens.unknown = "upstream"`) is allowed without identity headers: the ingress sends it to
