@@ -219,6 +219,7 @@ impl Server {
         warn_if_out_of_files(
             &settings,
             self.current.load().config.upstream.max_connections,
+            authz_listen.is_some(),
         );
         self.health.set_ready();
         tracing::info!(
@@ -259,12 +260,14 @@ impl Server {
 /// Warns when the connection limits need more file descriptors than the process may open:
 /// past that, accept fails and clients wait in the kernel backlog, where the limits cannot help
 /// them.
-fn warn_if_out_of_files(data: &ListenerSettings, upstream_max: usize) {
+fn warn_if_out_of_files(data: &ListenerSettings, upstream_max: usize, authz: bool) {
     let Some(limit) = open_files_limit() else {
         return;
     };
-    // Listeners, the runtime, the store, logs and refusals in progress.
-    let needed = data.max_connections + ADMIN_MAX_CONNECTIONS + upstream_max + 128;
+    // The authz listener, when on, has as many places as the data listener; then the
+    // listeners, the runtime, the store, logs and refusals in progress.
+    let listeners = data.max_connections * (1 + usize::from(authz));
+    let needed = listeners + ADMIN_MAX_CONNECTIONS + upstream_max + 128;
     if needed > limit {
         tracing::warn!(
             open_files_limit = limit,
