@@ -10,6 +10,7 @@ use crate::config::{self, LogFormat};
 use crate::demo::{self, DemoAddrs};
 #[cfg(feature = "emulator")]
 use crate::emulator::{Emulator, EmulatorOptions};
+use crate::telemetry::Telemetry;
 use crate::{logging, Server};
 
 /// `account-gate check-config`: exit 0 with the effective config (secrets redacted) and any
@@ -54,7 +55,6 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
     if let Some(format) = log_format {
         config.log.format = format;
     }
-    logging::init(&config.log);
     let runtime = match runtime(config.server.worker_threads) {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -62,6 +62,15 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The trace exporter runs its HTTP exchanges on the runtime, so it comes after it.
+    let telemetry = match Telemetry::start(&config.tracing, runtime.handle().clone()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("cannot start tracing: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init(&config.log, telemetry.as_ref());
     runtime.block_on(async move {
         let server = match Server::bind(config).await {
             Ok(server) => server.with_config_file(path.to_owned()),
@@ -71,6 +80,10 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
             }
         };
         server.run(shutdown_signal()).await;
+        // Spans of the last requests are exported before the process exits.
+        if let Some(telemetry) = telemetry {
+            telemetry.shutdown().await;
+        }
         ExitCode::SUCCESS
     })
 }
@@ -78,10 +91,13 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
 /// `account-gate emulator`: the Commerce stand-in alone, until SIGTERM or SIGINT.
 #[cfg(feature = "emulator")]
 pub fn emulator(listen: SocketAddr) -> ExitCode {
-    logging::init(&config::LogConfig {
-        level: "info".to_owned(),
-        format: LogFormat::Text,
-    });
+    logging::init(
+        &config::LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        },
+        None,
+    );
     block_on(async move {
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => listener,

@@ -62,6 +62,7 @@ pub mod signup;
 pub mod store;
 mod sync;
 pub mod target;
+pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod validator;

@@ -267,6 +267,17 @@ fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
         store.l1_max_entries,
         store.max_revoked_per_member,
         store.revocation_resync,
+        // The tracer provider, its exporter and its sampler are built once, at start.
+        tracing.exporter,
+        tracing.endpoint,
+        tracing.traces_endpoint,
+        tracing.ca_file,
+        tracing.timeout,
+        tracing.service_name,
+        tracing.resource_attributes,
+        tracing.sampler,
+        tracing.sampler_arg,
+        tracing.batch,
     );
     changed
 }

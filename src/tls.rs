@@ -84,6 +84,44 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The client of the gateway's own occasional calls (the JWKS download, the trace export):
+/// `http` or `https` with [`client_config`], connects bounded by `connect_timeout`, one idle
+/// connection kept for a while, since such calls come seconds or minutes apart.
+pub fn occasional_client<B>(
+    ca_file: Option<&Path>,
+    connect_timeout: std::time::Duration,
+) -> Result<
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        B,
+    >,
+    TlsError,
+>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_config(ca_file)?)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(1)
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build(connector),
+    )
+}
+
 /// Client settings trusting the system roots and the certificates of `ca_file`.
 pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();

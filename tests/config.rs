@@ -644,3 +644,125 @@ fn the_authz_listener_is_off_by_default_and_checked_when_set() {
         "{errors}"
     );
 }
+
+#[test]
+fn the_standard_opentelemetry_variables_set_the_tracing_keys() {
+    use account_gate::config::{Ratio, TraceExporter, TraceSampler};
+
+    let text = format!(
+        "{MINIMAL}\n[tracing]\nendpoint = \"http://file-collector:4318\"\nservice_name = \"from-file\"\n"
+    );
+    // The file alone: tracing on, toward the file's collector.
+    let config = ok(&text, &[]).config;
+    assert_eq!(
+        config.tracing.export_url().as_deref(),
+        Some("http://file-collector:4318/v1/traces")
+    );
+    assert_eq!(config.tracing.service_name, "from-file");
+
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_SERVICE_NAME", "checkout-gateway"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod"),
+        ("OTEL_TRACES_SAMPLER", "ParentBased_TraceIdRatio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "4096"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "256"),
+        ("OTEL_BSP_EXPORT_TIMEOUT", "5000"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+    ];
+    let tracing = ok(&text, &env).config.tracing;
+    assert_eq!(
+        tracing.export_url().as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    assert_eq!(tracing.service_name, "checkout-gateway");
+    assert_eq!(tracing.resource_attributes, "deployment.environment=prod");
+    assert_eq!(tracing.sampler, TraceSampler::ParentbasedTraceidratio);
+    assert_eq!(tracing.sampler_arg, Ratio(0.25));
+    assert_eq!(tracing.batch.schedule_delay, Duration::from_millis(200));
+    assert_eq!(tracing.batch.max_queue_size, 4096);
+    assert_eq!(tracing.batch.max_export_batch_size, 256);
+    assert_eq!(tracing.batch.export_timeout, Duration::from_secs(5));
+    assert_eq!(tracing.timeout, Duration::from_secs(3));
+
+    // The signal's own variables win over the general ones; the URL is then used as it is.
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://traces.example/ingest",
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000"),
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1500"),
+    ];
+    let tracing = ok(MINIMAL, &env).config.tracing;
+    assert_eq!(
+        tracing.export_url().as_deref(),
+        Some("https://traces.example/ingest")
+    );
+    assert_eq!(tracing.timeout, Duration::from_millis(1500));
+
+    // Off unless an endpoint is set, and off again when the SDK is disabled or the exporter is
+    // `none`, whatever else is set.
+    assert_eq!(ok(MINIMAL, &[]).config.tracing.export_url(), None);
+    for off in [
+        ("OTEL_SDK_DISABLED", "TRUE"),
+        ("OTEL_TRACES_EXPORTER", "none"),
+    ] {
+        let tracing = ok(&text, &[off]).config.tracing;
+        assert_eq!(tracing.exporter, TraceExporter::None, "{off:?}");
+        assert_eq!(tracing.export_url(), None, "{off:?}");
+    }
+    // Empty variables are unset ones.
+    let tracing = ok(&text, &[("OTEL_SERVICE_NAME", "")]).config.tracing;
+    assert_eq!(tracing.service_name, "from-file");
+    // And what they set is shown, and loads back the same.
+    let config = ok(&text, &[("OTEL_TRACES_SAMPLER_ARG", "0.5")]).config;
+    let rendered = config.to_redacted_toml();
+    assert!(rendered.contains("[tracing.batch]"), "{rendered}");
+    assert_eq!(ok(&rendered, &[]).config, config);
+}
+
+#[test]
+fn bad_opentelemetry_settings_are_errors_naming_their_variable() {
+    let env = [
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "10"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "20"),
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+    ];
+    let refused = errors(MINIMAL, &env);
+    let shown = refused.to_string();
+    for key in [
+        "tracing.sampler",
+        "tracing.sampler_arg",
+        "tracing.batch.schedule_delay",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "tracing.endpoint",
+        "tracing.resource_attributes",
+        "tracing.batch.max_export_batch_size",
+    ] {
+        assert!(keys(&refused).contains(&key), "{key} in\n{shown}");
+    }
+    assert!(shown.contains("(from OTEL_TRACES_SAMPLER)"), "{shown}");
+    assert!(shown.contains("http/protobuf"), "{shown}");
+
+    // The same key from an override and a standard variable is ambiguous.
+    let both = errors(
+        MINIMAL,
+        &[
+            ("ACCOUNT_GATE__TRACING__ENDPOINT", "http://a:4318"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://b:4318"),
+        ],
+    );
+    assert!(both.to_string().contains("also set by"), "{both}");
+}

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     AdminConfig, AuthzConfig, Config, Http2Config, ListenerTlsConfig, LogConfig, LogFormat,
     RateLimitConfig, SecretRef, ServerConfig, SignupConfig, StoreConfig, TokensConfig,
-    UpstreamConfig,
+    TracingConfig, UpstreamConfig,
 };
 
 /// The whole file.
@@ -30,6 +30,7 @@ pub(super) struct FileConfig {
     pub rate_limit: RateLimitConfig,
     pub store: StoreConfig,
     pub tokens: TokensConfig,
+    pub tracing: TracingConfig,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<crate::scope::RouteConfig>,
     pub authz: AuthzConfig,
@@ -165,6 +166,7 @@ impl FileConfig {
             rate_limit,
             store,
             tokens,
+            tracing,
             routes,
             authz,
         } = self;
@@ -206,6 +208,7 @@ impl FileConfig {
             rate_limit,
             store,
             tokens,
+            tracing,
             routes,
             authz,
         }
@@ -266,6 +269,7 @@ impl From<&Config> for FileConfig {
             rate_limit: c.rate_limit.clone(),
             store: c.store.clone(),
             tokens: c.tokens.clone(),
+            tracing: c.tracing.clone(),
             routes: c.routes.clone(),
             authz: c.authz.clone(),
         }

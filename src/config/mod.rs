@@ -31,6 +31,10 @@
 //! integer); an empty value restores the default; a variable naming an unknown section or key is
 //! an error. Errors about an overridden value name the variable.
 //!
+//! The standard OpenTelemetry variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`,
+//! `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, …) set the keys of `[tracing]` the same way; see
+//! `tracing.rs` for the list.
+//!
 //! # Secrets
 //!
 //! The configuration holds only references to secrets ([`SecretRef`]: `*_env` or `*_file`), which
@@ -45,6 +49,7 @@ mod schema;
 mod secret;
 mod sections;
 mod store;
+mod tracing;
 mod validate;
 
 use std::ffi::OsString;
@@ -62,6 +67,7 @@ pub use sections::{
     AuthzConfig, Http2Config, ListenerTlsConfig, RateLimitConfig, SecretEncoding, SignatureConfig,
     SignupConfig, StoreBackend, StoreConfig, TargetFrom, TokenMode, TokensConfig, UnknownTokens,
 };
+pub use tracing::{Ratio, TraceBatchConfig, TraceExporter, TraceSampler, TracingConfig};
 
 /// The whole, validated configuration of one gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +84,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub store: StoreConfig,
     pub tokens: TokensConfig,
+    /// `[tracing]`: OpenTelemetry traces, also set by the standard `OTEL_*` variables.
+    pub tracing: TracingConfig,
     /// `[[routes]]`: rules checked before the built-in ones (see [`crate::scope`]).
     pub routes: Vec<crate::scope::RouteConfig>,
     /// `[authz]`: the external-authorization listener for an ingress.
@@ -241,6 +249,7 @@ pub fn from_toml_str(text: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigE
     let mut tree: toml::Table = text.parse().map_err(|e| syntax_error(text, &e))?;
     let mut report = error::Report::default();
     env::apply_overrides(&mut tree, env, &mut report);
+    tracing::apply_standard_variables(&mut tree, env, &mut report);
     schema::check_tree(&mut tree, &mut report);
     let file = toml::Value::Table(tree)
         .try_into::<file::FileConfig>()

@@ -14,7 +14,8 @@ impl Config {
     /// keys that are not set appear as comments.
     pub fn to_redacted_toml(&self) -> String {
         let mut out = String::from(
-            "# Effective account-gate configuration (file, defaults and ACCOUNT_GATE__* overrides).\n\
+            "# Effective account-gate configuration (file, defaults, ACCOUNT_GATE__* overrides and the\n\
+             # standard OTEL_* variables).\n\
              # Secrets are shown as references only.\n",
         );
         let tree = match Value::try_from(FileConfig::from(self)) {

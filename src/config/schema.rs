@@ -13,7 +13,7 @@ use super::error::Report;
 use super::file::{AdminFile, LogFile, ServerFile, UpstreamFile};
 use super::{
     AuthzConfig, Http2Config, ListenerTlsConfig, RateLimitConfig, SignatureConfig, SignupConfig,
-    StoreConfig, TokensConfig,
+    StoreConfig, TokensConfig, TraceBatchConfig, TracingConfig,
 };
 use crate::scope::RouteConfig;
 
@@ -79,6 +79,8 @@ pub(super) const SECTIONS: &[Section] = &[
     Section::of::<StoreConfig>("store"),
     Section::of::<TokensConfig>("tokens")
         .with_children(&[Section::of::<SignatureConfig>("signature")]),
+    Section::of::<TracingConfig>("tracing")
+        .with_children(&[Section::of::<TraceBatchConfig>("batch")]),
     Section::array_of::<RouteConfig>("routes"),
     Section::of::<AuthzConfig>("authz"),
 ];

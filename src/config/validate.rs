@@ -15,7 +15,7 @@ use super::{AdminConfig, Config, SecretRef};
 
 /// The longest duration accepted anywhere: far beyond any sensible timeout, and short enough that
 /// `Instant::now() + d` can never overflow.
-const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Checks `file`, records problems and warnings in `report`, and returns the configuration if
 /// there were no problems. `lookup` reads environment variables for the secret-reference warning.
@@ -203,6 +203,7 @@ pub(super) fn validate(
     validate_token_path(&file, report);
     validate_tokens(&file, lookup, report);
     super::store::validate_store(&file.store, lookup, report);
+    super::tracing::validate(&file.tracing, report);
 
     let admin = admin_config(&file, report);
     if let Some(token) = &admin.token {
@@ -521,7 +522,7 @@ fn listeners_collide(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-fn readable_file(path: &Path) -> Result<(), String> {
+pub(super) fn readable_file(path: &Path) -> Result<(), String> {
     let shown = path.display();
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
     match file.metadata() {

@@ -23,11 +23,14 @@ use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use opentelemetry::trace::TraceId;
+use tracing::Span;
 
 use crate::answer::GatewayError;
 use crate::metrics::Metrics;
 use crate::scope::{Route, RouteKind};
 use crate::signup::{Mechanism, Outcome, Signup, SignupError, TeeBody};
+use crate::telemetry::{self, traced};
 use crate::validator::{Validator, Verdict};
 
 pub use authz::{AuthzError, Decisions};
@@ -184,10 +187,21 @@ impl Gateway {
         let method = request.method().clone();
         let client = headers::client_ip(peer.ip(), request.headers(), self.trusted_hops);
         let mut exchange = Exchange::default();
+        let traced = telemetry::enabled();
+        // Without traces of its own, the gateway still names the caller's trace in its log.
+        let (span, incoming_trace) = if traced {
+            (request_span(&request, client, &request_id), None)
+        } else {
+            (
+                Span::none(),
+                telemetry::incoming_trace_id(request.headers()),
+            )
+        };
 
-        let answer = self
-            .dispatch(request, peer, client, &request_id, &mut exchange)
-            .await;
+        let answer = traced!(
+            span.clone(),
+            self.dispatch(request, peer, client, &request_id, &mut exchange)
+        );
         let mut response = match answer {
             Ok(response) => response,
             Err(error) => {
@@ -209,6 +223,12 @@ impl Gateway {
         let elapsed = started.elapsed();
         let status = response.status();
         self.metrics.observe_request(route.index(), status, elapsed);
+        let trace_id = if traced {
+            close_request_span(&span, &exchange, status);
+            telemetry::trace_id_of(&span)
+        } else {
+            incoming_trace
+        };
         // One line per request. Never a header value, a body or a query string: they can hold
         // tokens, passwords and secrets.
         tracing::info!(
@@ -222,6 +242,7 @@ impl Gateway {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             upstream_ms = exchange.upstream.map(|d| d.as_secs_f64() * 1000.0),
             client = %client,
+            trace_id = %TraceIdField(trace_id),
         );
         Ok(response)
     }
@@ -454,12 +475,31 @@ impl Gateway {
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         let mut outbound = Request::from_parts(parts, body);
         self.upstream.retarget(&mut outbound);
+        let span = if telemetry::enabled() {
+            let span = upstream_span(outbound.method(), self.upstream.address());
+            // The upstream continues the trace from the gateway's call, not from the client's.
+            telemetry::inject(&span, outbound.headers_mut());
+            span
+        } else {
+            Span::none()
+        };
 
         let sent = Instant::now();
-        let answer = self.upstream.send(outbound).await;
+        let answer = traced!(span.clone(), self.upstream.send(outbound));
         let took = sent.elapsed();
         exchange.upstream = Some(took);
         self.metrics.observe_upstream(exchange.route.index(), took);
+        if !span.is_disabled() {
+            match &answer {
+                Ok(response) => {
+                    span.record("http.response.status_code", response.status().as_u16());
+                }
+                Err(error) => {
+                    span.record("error.type", error.kind());
+                    span.record("otel.status_code", "error");
+                }
+            }
+        }
         let mut response = answer?;
         headers::strip_hop_by_hop(response.headers_mut());
         Ok(response)
@@ -473,16 +513,76 @@ impl Gateway {
             | GatewayError::Authz(_)
             | GatewayError::MethodNotAllowed { .. } => {}
             GatewayError::Upstream(e) => {
-                let kind = match e {
-                    UpstreamError::Connect(_) => "connect",
-                    UpstreamError::Timeout(_) => "timeout",
-                    UpstreamError::Failed(_) => "failed",
-                };
                 self.metrics
                     .upstream_errors_total
-                    .with_label_values(&[kind])
+                    .with_label_values(&[e.kind()])
                     .inc();
             }
+        }
+    }
+}
+
+/// The span of one request, continuing the caller's trace if it names one. Its attributes are
+/// the access log's, never a header value, a body or a query string.
+fn request_span(request: &Request<Incoming>, client: IpAddr, request_id: &HeaderValue) -> Span {
+    let method = request.method().as_str();
+    let span = tracing::info_span!(
+        target: telemetry::TARGET,
+        "request",
+        otel.name = method,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        url.path = request.uri().path(),
+        client.address = %client,
+        http.response.status_code = tracing::field::Empty,
+        account_gate.request_id = request_id.to_str().unwrap_or("-"),
+        account_gate.route = tracing::field::Empty,
+        account_gate.outcome = tracing::field::Empty,
+        account_gate.reason = tracing::field::Empty,
+    );
+    telemetry::continue_trace(&span, request.headers());
+    span
+}
+
+/// Names on the request's span what became of it. A 5xx is an error of the gateway's (or its
+/// upstream's); a 4xx is the client's, and not an error of this span.
+fn close_request_span(span: &Span, exchange: &Exchange, status: StatusCode) {
+    span.record("http.response.status_code", status.as_u16());
+    span.record("account_gate.route", exchange.route.as_str());
+    span.record("account_gate.outcome", exchange.outcome);
+    span.record("account_gate.reason", exchange.reason);
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// The span of the call upstream: the client side of the exchange, whose context the upstream
+/// receives in `traceparent`.
+fn upstream_span(method: &Method, (host, port): (&str, u16)) -> Span {
+    let method = method.as_str();
+    tracing::info_span!(
+        target: telemetry::TARGET,
+        "upstream",
+        otel.name = method,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        server.address = host,
+        server.port = port,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// A trace id in the access log: 32 hex digits, or `-`.
+struct TraceIdField(Option<TraceId>);
+
+impl std::fmt::Display for TraceIdField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("-"),
         }
     }
 }

@@ -45,6 +45,8 @@ pub mod redis;
 use std::future::Future;
 use std::time::SystemTime;
 
+use crate::telemetry::traced;
+
 pub use deny::DenyList;
 pub use fingerprint::Fingerprint;
 pub use memory::{MemoryStore, MemoryStoreOptions};
@@ -249,6 +251,16 @@ impl Store {
         }
     }
 
+    /// The span of one store operation named `name`.
+    fn span(&self, name: &'static str) -> tracing::Span {
+        tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            "store",
+            otel.name = name,
+            account_gate.store.backend = self.backend(),
+        )
+    }
+
     /// Revocations held in this process (token entries plus folded members), for the
     /// `revocations_held` gauge.
     pub fn revocations_held(&self) -> u64 {
@@ -273,31 +285,39 @@ impl Store {
 // larger, copied each time a request starts.
 impl TokenStore for Store {
     async fn record(&self, record: TokenRecord) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(store) => store.record(record).await,
-            Store::Redis(store) => Box::pin(store.record(record)).await,
-        }
+        traced!(self.span("store record"), async {
+            match self {
+                Store::Memory(store) => store.record(record).await,
+                Store::Redis(store) => Box::pin(store.record(record)).await,
+            }
+        })
     }
 
     async fn lookup(&self, fp: &Fingerprint) -> Result<Option<TokenRecord>, StoreError> {
-        match self {
-            Store::Memory(store) => store.lookup(fp).await,
-            Store::Redis(store) => Box::pin(store.lookup(fp)).await,
-        }
+        traced!(self.span("store lookup"), async {
+            match self {
+                Store::Memory(store) => store.lookup(fp).await,
+                Store::Redis(store) => Box::pin(store.lookup(fp)).await,
+            }
+        })
     }
 
     async fn is_revoked(&self, fp: &Fingerprint) -> Result<bool, StoreError> {
-        match self {
-            Store::Memory(store) => store.is_revoked(fp).await,
-            Store::Redis(store) => Box::pin(store.is_revoked(fp)).await,
-        }
+        traced!(self.span("store is revoked"), async {
+            match self {
+                Store::Memory(store) => store.is_revoked(fp).await,
+                Store::Redis(store) => Box::pin(store.is_revoked(fp)).await,
+            }
+        })
     }
 
     async fn list_member(&self, member_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
-        match self {
-            Store::Memory(store) => store.list_member(member_id).await,
-            Store::Redis(store) => store.list_member(member_id).await,
-        }
+        traced!(self.span("store list member"), async {
+            match self {
+                Store::Memory(store) => store.list_member(member_id).await,
+                Store::Redis(store) => store.list_member(member_id).await,
+            }
+        })
     }
 
     async fn member_revoked(
@@ -305,10 +325,12 @@ impl TokenStore for Store {
         member: &str,
         issued_at: Option<SystemTime>,
     ) -> Result<bool, StoreError> {
-        match self {
-            Store::Memory(store) => store.member_revoked(member, issued_at).await,
-            Store::Redis(store) => Box::pin(store.member_revoked(member, issued_at)).await,
-        }
+        traced!(self.span("store member revoked"), async {
+            match self {
+                Store::Memory(store) => store.member_revoked(member, issued_at).await,
+                Store::Redis(store) => Box::pin(store.member_revoked(member, issued_at)).await,
+            }
+        })
     }
 
     async fn revoke(
@@ -317,17 +339,21 @@ impl TokenStore for Store {
         expires_at: SystemTime,
         member: Option<&str>,
     ) -> Result<bool, StoreError> {
-        match self {
-            Store::Memory(store) => store.revoke(fp, expires_at, member).await,
-            Store::Redis(store) => store.revoke(fp, expires_at, member).await,
-        }
+        traced!(self.span("store revoke"), async {
+            match self {
+                Store::Memory(store) => store.revoke(fp, expires_at, member).await,
+                Store::Redis(store) => store.revoke(fp, expires_at, member).await,
+            }
+        })
     }
 
     async fn revoke_member(&self, member_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
-        match self {
-            Store::Memory(store) => store.revoke_member(member_id).await,
-            Store::Redis(store) => store.revoke_member(member_id).await,
-        }
+        traced!(self.span("store revoke member"), async {
+            match self {
+                Store::Memory(store) => store.revoke_member(member_id).await,
+                Store::Redis(store) => store.revoke_member(member_id).await,
+            }
+        })
     }
 
     fn count(&self) -> u64 {

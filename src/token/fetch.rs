@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::error::KeyError;
 
@@ -50,22 +49,7 @@ impl Fetcher {
         if !scheme_ok || url.host().is_none_or(str::is_empty) {
             return Err(KeyError::JwksUrl);
         }
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(ca_file)?)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            // One fetch every few minutes: a pooled connection would mostly sit idle.
-            .pool_max_idle_per_host(1)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = crate::tls::occasional_client(ca_file, timeout).map_err(ca_error)?;
         Ok(Fetcher {
             client,
             url,
@@ -102,10 +86,10 @@ impl Fetcher {
     }
 }
 
-/// rustls client settings for the JWKS endpoint: system roots plus `jwks_ca_file`.
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, KeyError> {
-    crate::tls::client_config(ca_file).map_err(|error| match error {
+/// A TLS setting error as the JWKS source's: `jwks_ca_file` is the only file involved.
+fn ca_error(error: crate::tls::TlsError) -> KeyError {
+    match error {
         crate::tls::TlsError::CaFile { path, reason } => KeyError::JwksCa { path, reason },
         crate::tls::TlsError::Rustls(e) => KeyError::Tls(e),
-    })
+    }
 }

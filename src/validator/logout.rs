@@ -7,6 +7,7 @@ use http::HeaderMap;
 
 use super::{Identity, Rejection, Validator, Verdict};
 use crate::store::{Fingerprint, TokenStore};
+use crate::telemetry::traced;
 
 /// The longest a deny entry of a token nobody here vouched for lasts: its `exp` is unverified.
 /// A day is the Commerce API's token lifetime.
@@ -39,21 +40,23 @@ impl Validator {
     /// `unknown = "upstream"` would defer) still logs itself out, and only itself: its claims are
     /// unverified, so they name nobody whose tokens could be revoked with it.
     pub async fn check_logout(&self, headers: &HeaderMap) -> Result<Logout, Rejection> {
-        let token = self.required_token(headers)?;
-        match self.validate(token, None, false).await {
-            Verdict::Forward(Some(identity)) => Ok(Logout::Member(identity)),
-            Verdict::Reject(rejection) => Err(rejection),
-            Verdict::Defer(unknown) => Ok(Logout::Token {
-                fingerprint: unknown.fingerprint,
-                // Unverified, so capped: a made-up `exp` cannot pin an entry for years.
-                expires_at: unknown
-                    .expires_at
-                    .min(SystemTime::now() + MAX_UNVOUCHED_LIFE),
-            }),
-            Verdict::Forward(None) | Verdict::Untouched => {
-                Err(self.reject(Rejection::Unauthorized("token_unknown")))
+        traced!(super::check_span(), async {
+            let token = self.required_token(headers)?;
+            match self.validate(token, None, false).await {
+                Verdict::Forward(Some(identity)) => Ok(Logout::Member(identity)),
+                Verdict::Reject(rejection) => Err(rejection),
+                Verdict::Defer(unknown) => Ok(Logout::Token {
+                    fingerprint: unknown.fingerprint,
+                    // Unverified, so capped: a made-up `exp` cannot pin an entry for years.
+                    expires_at: unknown
+                        .expires_at
+                        .min(SystemTime::now() + MAX_UNVOUCHED_LIFE),
+                }),
+                Verdict::Forward(None) | Verdict::Untouched => {
+                    Err(self.reject(Rejection::Unauthorized("token_unknown")))
+                }
             }
-        }
+        })
     }
 
     /// Logout: revokes every known token of the member and the presented token itself (which

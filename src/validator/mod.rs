@@ -19,6 +19,7 @@ use crate::config::{TokenMode, UnknownTokens};
 use crate::metrics::Metrics;
 use crate::scope::{Binding, PathError, Route, Rules, TokenRequirement};
 use crate::store::{Fingerprint, Store, TokenRecord, TokenStore};
+use crate::telemetry::{self, traced};
 use crate::token::unverified;
 use crate::token::{TokenError, Verifier};
 
@@ -126,31 +127,35 @@ impl Validator {
         if requirement == TokenRequirement::Off {
             return Verdict::Untouched;
         }
-        let token = match self.token(headers) {
-            Ok(Some(token)) => token,
-            Ok(None) if requirement == TokenRequirement::Optional => {
-                self.count("accepted", "no_token");
-                return Verdict::Forward(None);
-            }
-            Ok(None) => return self.rejected(Rejection::Unauthorized("token_missing")),
-            Err(rejection) => return self.rejected(rejection),
-        };
-        let learns = requirement == TokenRequirement::Required;
-        self.validate(token, route.binding(), learns).await
+        traced!(check_span(), async {
+            let token = match self.token(headers) {
+                Ok(Some(token)) => token,
+                Ok(None) if requirement == TokenRequirement::Optional => {
+                    self.count("accepted", "no_token");
+                    return Verdict::Forward(None);
+                }
+                Ok(None) => return self.rejected(Rejection::Unauthorized("token_missing")),
+                Err(rejection) => return self.rejected(rejection),
+            };
+            let learns = requirement == TokenRequirement::Required;
+            self.validate(token, route.binding(), learns).await
+        })
     }
 
     /// Validates the token of a request that must carry one but names no account in its path
     /// (logout, account switch).
     pub async fn check_token(&self, headers: &HeaderMap) -> Result<Identity, Rejection> {
-        let token = self.required_token(headers)?;
-        match self.validate(token, None, false).await {
-            Verdict::Forward(Some(identity)) => Ok(identity),
-            Verdict::Reject(rejection) => Err(rejection),
-            // A token nobody here can vouch for cannot log anyone out or switch accounts.
-            Verdict::Defer(_) | Verdict::Forward(None) | Verdict::Untouched => {
-                Err(self.reject(Rejection::Unauthorized("token_unknown")))
+        traced!(check_span(), async {
+            let token = self.required_token(headers)?;
+            match self.validate(token, None, false).await {
+                Verdict::Forward(Some(identity)) => Ok(identity),
+                Verdict::Reject(rejection) => Err(rejection),
+                // A token nobody here can vouch for cannot log anyone out or switch accounts.
+                Verdict::Defer(_) | Verdict::Forward(None) | Verdict::Untouched => {
+                    Err(self.reject(Rejection::Unauthorized("token_unknown")))
+                }
             }
-        }
+        })
     }
 
     /// Learns from the upstream's answer to a deferred token: a 2xx on a token-required route
@@ -380,9 +385,26 @@ impl Validator {
         rejection
     }
 
+    /// Counts a decision, and names it on the token check's span when tracing is on.
     fn count(&self, outcome: &str, reason: &str) {
         self.metrics.count_validation(outcome, reason);
+        if telemetry::enabled() {
+            let span = tracing::Span::current();
+            span.record("account_gate.token.outcome", outcome);
+            span.record("account_gate.token.reason", reason);
+        }
     }
+}
+
+/// The span of one token check: its outcome and reason, as counted in
+/// `token_validations_total`, and never the token.
+fn check_span() -> tracing::Span {
+    tracing::info_span!(
+        target: telemetry::TARGET,
+        "token check",
+        account_gate.token.outcome = tracing::field::Empty,
+        account_gate.token.reason = tracing::field::Empty,
+    )
 }
 
 /// The identity of an issued token's record.

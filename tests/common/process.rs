@@ -16,7 +16,19 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// Spawns with `env` added to the environment (an empty value removes the variable).
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(BIN);
+        for (name, value) in env {
+            match value.is_empty() {
+                true => command.env_remove(name),
+                false => command.env(name, value),
+            };
+        }
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

@@ -64,7 +64,16 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The JSON:API `code` and the `upstream_errors_total{kind}` label.
+    /// The `upstream_errors_total{kind}` label, also the upstream span's `error.type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Failed(_) => "failed",
+        }
+    }
+
+    /// The JSON:API `code`.
     pub fn code(&self) -> &'static str {
         match self {
             UpstreamError::Connect(ConnectError::Saturated(_)) => "overloaded",
@@ -168,6 +177,11 @@ impl Upstream {
             body_timeout: config.body_timeout,
             replay_after_idle: REPLAY_AFTER_IDLE,
         })
+    }
+
+    /// The host name (or address) and port requests are sent to.
+    pub fn address(&self) -> (&str, u16) {
+        (&self.target.hostname, self.target.port)
     }
 
     /// The longest pause allowed in a body forwarded either way (`upstream.body_timeout`).
