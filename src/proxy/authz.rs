@@ -25,11 +25,14 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
-use super::{full_body, headers, is_preflight, Body, ALLOW_ANY, X_REQUEST_ID};
+use tracing::Span;
+
+use super::{full_body, headers, is_preflight, Body, TraceIdField, ALLOW_ANY, X_REQUEST_ID};
 use crate::answer::GatewayError;
 use crate::config::{AuthzConfig, TargetFrom};
 use crate::metrics::{Metrics, AUTHZ_ROUTE};
 use crate::scope::RouteKind;
+use crate::telemetry::{self, traced};
 use crate::validator::{Validator, Verdict};
 
 /// Traefik's and Caddy's headers naming the judged request.
@@ -143,7 +146,14 @@ impl Decisions {
             outcome: "allowed",
             reason: "-",
         };
-        let mut response = match self.decide(call, &mut decided).await {
+        // An ingress that traces sends its `traceparent` along: the decision joins its trace.
+        let traced = telemetry::enabled();
+        let (span, incoming_trace) = if traced {
+            (decision_span(call, client, &request_id), None)
+        } else {
+            (Span::none(), telemetry::incoming_trace_id(&call.headers))
+        };
+        let mut response = match traced!(span.clone(), self.decide(call, &mut decided)) {
             Ok(response) => response,
             Err(error) => {
                 decided.outcome = "denied";
@@ -157,6 +167,17 @@ impl Decisions {
         let elapsed = started.elapsed();
         let status = response.status();
         self.metrics.observe_request(AUTHZ_ROUTE, status, elapsed);
+        let trace_id = if traced {
+            span.record("http.response.status_code", status.as_u16());
+            span.record("account_gate.outcome", decided.outcome);
+            span.record("account_gate.reason", decided.reason);
+            if status.is_server_error() {
+                span.record("otel.status_code", "error");
+            }
+            telemetry::trace_id_of(&span)
+        } else {
+            incoming_trace
+        };
         // One line per decision, as on the proxy: never a header value or a query string.
         tracing::info!(
             target: "access",
@@ -168,6 +189,7 @@ impl Decisions {
             reason = decided.reason,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             client = %client,
+            trace_id = %TraceIdField(trace_id),
         );
         response
     }
@@ -287,6 +309,26 @@ fn pair<'h>(
         (None, Some(_)) => Err(AuthzError::Missing(names.0)),
         (Some(_), None) => Err(AuthzError::Missing(names.1)),
     }
+}
+
+/// The span of one decision, continuing the ingress's trace if its call names one. Like the
+/// access line, it names the call, never the judged target's query or a header value.
+fn decision_span(call: &Parts, client: IpAddr, request_id: &HeaderValue) -> Span {
+    let span = tracing::info_span!(
+        target: telemetry::TARGET,
+        "decision",
+        otel.name = "authz",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        client.address = %client,
+        http.response.status_code = tracing::field::Empty,
+        account_gate.request_id = request_id.to_str().unwrap_or("-"),
+        account_gate.route = "authz",
+        account_gate.outcome = tracing::field::Empty,
+        account_gate.reason = tracing::field::Empty,
+    );
+    telemetry::continue_trace(&span, &call.headers);
+    span
 }
 
 #[cfg(test)]
