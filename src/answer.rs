@@ -8,7 +8,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
-use crate::proxy::{full_body, Body, CloseAfter, CloseReason, ConnectError, UpstreamError};
+use crate::proxy::{
+    full_body, AuthzError, Body, CloseAfter, CloseReason, ConnectError, UpstreamError,
+};
 use crate::scope::PathError;
 use crate::signup::SignupError;
 use crate::validator::Rejection;
@@ -34,6 +36,9 @@ pub enum GatewayError {
         method: http::Method,
         allow: &'static str,
     },
+    /// A call to the authz listener that names no request it can judge.
+    #[error(transparent)]
+    Authz(#[from] AuthzError),
 }
 
 /// One JSON:API error object, as the Commerce API writes them.
@@ -91,6 +96,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
+            GatewayError::Authz(err) => (err.status(), err.code()),
         }
     }
 

@@ -10,7 +10,7 @@ use crate::admin_api::AdminApi;
 use crate::config::SecretError;
 use crate::config::{Config, Secret, SecretRef};
 use crate::metrics::Metrics;
-use crate::proxy::{Gateway, Upstream};
+use crate::proxy::{Decisions, Gateway, Upstream};
 use crate::scope::{Rule, Rules};
 use crate::signup::{RateLimiter, RateLimits, Signup, SignupPolicy, SignupSettings};
 use crate::store::Store;
@@ -34,6 +34,8 @@ pub struct Generation {
     pub config: Config,
     /// The data plane.
     pub gateway: Arc<Gateway>,
+    /// The decisions of the authz listener (`[authz]`), by the same validator.
+    pub decisions: Arc<Decisions>,
     /// The signature verifier, in the signature modes.
     pub verifier: Option<Arc<Verifier>>,
     /// The admin API, when an admin token is configured.
@@ -111,6 +113,11 @@ impl Generation {
             // Only once everything else built: a reload that fails keeps the old certificate.
             handle.store(next);
         }
+        let decisions = Arc::new(Decisions::new(
+            validator.clone(),
+            &config.authz,
+            shared.metrics.clone(),
+        ));
         let gateway = Arc::new(Gateway::new(
             upstream,
             signup,
@@ -122,6 +129,7 @@ impl Generation {
         Ok(Generation {
             config,
             gateway,
+            decisions,
             verifier,
             api,
             limiter,

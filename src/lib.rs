@@ -8,7 +8,8 @@
 //! - [`config`]: the TOML schema, environment overrides and validation; the internal [`Config`].
 //! - [`server`]: binds the listeners, runs them, and shuts down gracefully; [`generation`]: the
 //!   request-handling state built from one configuration; [`reload`]: swapping in a new one.
-//! - [`proxy`]: the data plane — accept loop, per-request handler, forwarding client, headers.
+//! - [`proxy`]: the data plane — accept loop, per-request handler, forwarding client, headers;
+//!   and the authz listener's decisions for an ingress (`proxy::Decisions`), which forward nothing.
 //! - [`answer`]: the one place where a refusal or failure becomes a JSON:API answer.
 //! - [`signup`]: checks token requests, rate-limits them, and learns the tokens issued.
 //! - [`store`]: the issued-token registry (fingerprints by member) and the revocation deny-list.

@@ -15,8 +15,11 @@ use crate::signup::{Limit, Mechanism, Outcome};
 use crate::store;
 use crate::validator::Rejection;
 
-/// Route classes: the only values the `route` label takes.
-pub const ROUTES: [&str; 3] = ["signup", "scoped", "passthrough"];
+/// Route classes: the only values the `route` label takes. `authz` counts the decisions of the
+/// external-authorization listener, which forwards nothing.
+pub const ROUTES: [&str; 4] = ["signup", "scoped", "passthrough", "authz"];
+/// The position of `authz` in [`ROUTES`].
+pub const AUTHZ_ROUTE: usize = 3;
 /// Status classes: the only values the `code_class` label takes.
 pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Upstream failure kinds: the only values the `upstream_errors_total{kind}` label takes.
@@ -31,7 +34,7 @@ pub const ACCEPTED_REASONS: [&str; 5] = [
 ];
 
 /// Listeners: the only values the `listener` label takes.
-pub const LISTENERS: [&str; 2] = ["data", "admin"];
+pub const LISTENERS: [&str; 3] = ["data", "admin", "authz"];
 
 /// Latency buckets from 100 µs to 30 s, roughly ×2.5 apart.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -94,7 +97,7 @@ pub struct Metrics {
     pub requests_in_flight: IntGauge,
     /// Per route class (in [`ROUTES`] order), the handles every request updates, resolved once so
     /// the hot path does no label lookup.
-    routes: [RouteHandles; 3],
+    routes: [RouteHandles; ROUTES.len()],
     /// `signups_total{mechanism,outcome}`, resolved once: row 0 is the unknown mechanism, then
     /// `Mechanism::ALL`; columns follow `Outcome::ALL`.
     signups: [[IntCounter; Outcome::ALL.len()]; Mechanism::ALL.len() + 1],
@@ -469,6 +472,11 @@ struct RouteHandles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_authz_route_index_names_it() {
+        assert_eq!(ROUTES[AUTHZ_ROUTE], "authz");
+    }
 
     #[test]
     fn resolved_counters_count_under_their_own_labels() {

@@ -248,6 +248,8 @@ fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
         server.shutdown_grace,
         server.worker_threads,
         server.config_poll_interval,
+        // The authz listener is bound once, like the others; its `path_prefix` reloads live.
+        authz.listen,
         log.level,
         log.format,
         // The store is built once: its connections, L1 and deny-list live as long as the

@@ -68,6 +68,8 @@ pub enum StartError {
 pub struct Server {
     listener: TcpListener,
     admin_listener: TcpListener,
+    /// The authz listener, when `[authz] listen` is set.
+    authz_listener: Option<TcpListener>,
     shared: Shared,
     /// The generation new requests are handled by; a reload swaps it.
     current: Arc<ArcSwap<Generation>>,
@@ -82,6 +84,10 @@ impl Server {
         let metrics = Arc::new(Metrics::new()?);
         let listener = bind(config.server.listen).await?;
         let admin_listener = bind(config.server.admin_listen).await?;
+        let authz_listener = match config.authz.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let store = Arc::new(build_store(&config, &metrics)?);
         let listener_tls = match &config.server.tls {
             Some(tls) => Some(Arc::new(ArcSwap::from_pointee(crate::tls::server_config(
@@ -98,6 +104,7 @@ impl Server {
         Ok(Server {
             listener,
             admin_listener,
+            authz_listener,
             shared,
             current: Arc::new(ArcSwap::from_pointee(generation)),
             health: Arc::new(Health::default()),
@@ -140,6 +147,15 @@ impl Server {
             .unwrap_or(self.current.load().config.server.admin_listen)
     }
 
+    /// The authz listener's address actually bound, when there is one.
+    pub fn authz_addr(&self) -> Option<SocketAddr> {
+        let listener = self.authz_listener.as_ref()?;
+        listener
+            .local_addr()
+            .ok()
+            .or(self.current.load().config.authz.listen)
+    }
+
     /// Serves until `shutdown` completes, then shuts down gracefully and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         // Listener settings cannot change without a restart; they come from the first config.
@@ -156,6 +172,7 @@ impl Server {
             tls: self.shared.listener_tls.clone(),
         };
         let (listen, admin_listen) = (self.local_addr(), self.admin_addr());
+        let authz_listen = self.authz_addr();
         let reloader = self.reloader();
         let (stop_data, data_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
@@ -168,6 +185,21 @@ impl Server {
             move |request, peer| current.load().gateway.clone().handle(request, peer),
             stopped(data_stopped.clone()),
         ));
+        // The authz listener has the data listener's limits and deadlines, speaks plain HTTP
+        // (the ingress calls it on a private network), and stops with the data listener.
+        let authz_plane = self.authz_listener.map(|listener| {
+            let current = self.current.clone();
+            tokio::spawn(proxy::serve(
+                listener,
+                ListenerSettings {
+                    tls: None,
+                    ..settings.clone()
+                },
+                self.shared.metrics.listener("authz"),
+                move |request, peer| current.load().decisions.clone().handle(request, peer),
+                stopped(data_stopped.clone()),
+            ))
+        });
         let admin = Arc::new(Admin {
             store: self.shared.store.clone(),
             metrics: self.shared.metrics.clone(),
@@ -187,11 +219,13 @@ impl Server {
         warn_if_out_of_files(
             &settings,
             self.current.load().config.upstream.max_connections,
+            authz_listen.is_some(),
         );
         self.health.set_ready();
         tracing::info!(
             listen = %listen,
             admin = %admin_listen,
+            authz = authz_listen.map(|addr| addr.to_string()),
             upstream = %self.current.load().config.upstream.url,
             "account-gate ready"
         );
@@ -207,6 +241,11 @@ impl Server {
         if let Err(error) = data_plane.await {
             tracing::error!(%error, "data plane task failed");
         }
+        if let Some(authz_plane) = authz_plane {
+            if let Err(error) = authz_plane.await {
+                tracing::error!(%error, "authz listener task failed");
+            }
+        }
         if let Some(watcher) = watcher {
             let _ = watcher.await;
         }
@@ -221,12 +260,14 @@ impl Server {
 /// Warns when the connection limits need more file descriptors than the process may open:
 /// past that, accept fails and clients wait in the kernel backlog, where the limits cannot help
 /// them.
-fn warn_if_out_of_files(data: &ListenerSettings, upstream_max: usize) {
+fn warn_if_out_of_files(data: &ListenerSettings, upstream_max: usize, authz: bool) {
     let Some(limit) = open_files_limit() else {
         return;
     };
-    // Listeners, the runtime, the store, logs and refusals in progress.
-    let needed = data.max_connections + ADMIN_MAX_CONNECTIONS + upstream_max + 128;
+    // The authz listener, when on, has as many places as the data listener; then the
+    // listeners, the runtime, the store, logs and refusals in progress.
+    let listeners = data.max_connections * (1 + usize::from(authz));
+    let needed = listeners + ADMIN_MAX_CONNECTIONS + upstream_max + 128;
     if needed > limit {
         tracing::warn!(
             open_files_limit = limit,

@@ -597,6 +597,55 @@ fn errors_of_text(text: &str) -> String {
 }
 
 #[test]
+fn the_authz_listener_is_off_by_default_and_checked_when_set() {
+    let loaded = ok("[upstream]\nurl = \"http://127.0.0.1:1\"\n", &[]);
+    assert_eq!(loaded.config.authz.listen, None);
+    assert_eq!(loaded.config.authz.path_prefix, "");
+    let rendered = loaded.config.to_redacted_toml();
+    assert!(rendered.contains("\n[authz]\n# listen is not set\npath_prefix = \"\"\n"));
+
+    let loaded = ok(
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n",
+        &[
+            ("ACCOUNT_GATE__AUTHZ__LISTEN", "127.0.0.1:8081"),
+            ("ACCOUNT_GATE__AUTHZ__PATH_PREFIX", "/ext-authz"),
+            ("ACCOUNT_GATE__AUTHZ__TARGET_FROM", "path"),
+        ],
+    );
+    assert_eq!(
+        loaded.config.authz.target_from,
+        account_gate::config::TargetFrom::Path
+    );
+    assert_eq!(
+        loaded.config.authz.listen,
+        Some("127.0.0.1:8081".parse().unwrap())
+    );
+    assert_eq!(loaded.config.authz.path_prefix, "/ext-authz");
+    let round_trip = ok(&loaded.config.to_redacted_toml(), &[]);
+    assert_eq!(round_trip.config, loaded.config);
+
+    let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\n\
+                [server]\nlisten = \"0.0.0.0:8080\"\nadmin_listen = \"0.0.0.0:9090\"\n\
+                [authz]\nlisten = \"127.0.0.1:9090\"\npath_prefix = \"/authz/\"\n";
+    let errors = errors(text, &[]);
+    assert_eq!(keys(&errors), ["authz.listen", "authz.path_prefix"]);
+    let text = errors.to_string();
+    assert!(text.contains("collides with server.admin_listen"), "{text}");
+    for prefix in ["authz", "/a/../b", "/a//b", "/a?x", "/a;b", "/%2e"] {
+        let errors = errors_of_text(&format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[authz]\npath_prefix = {prefix:?}\n"
+        ));
+        assert!(errors.contains("authz.path_prefix"), "{prefix}: {errors}");
+    }
+    let errors =
+        errors_of_text("[upstream]\nurl = \"http://127.0.0.1:1\"\n[authz]\nlisten = \"x\"\n");
+    assert!(
+        errors.contains("authz.listen: invalid socket address \"x\""),
+        "{errors}"
+    );
+}
+
+#[test]
 fn the_standard_opentelemetry_variables_set_the_tracing_keys() {
     use account_gate::config::{Ratio, TraceExporter, TraceSampler};
 

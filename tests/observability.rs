@@ -318,7 +318,7 @@ async fn logs_never_contain_passwords_tokens_or_secrets() {
         config,
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_delay = \"0s\"\n\
          [upstream]\nurl = \"{}\"\n[admin]\ntoken_file = \"{}\"\n[tokens]\nmode = \"either\"\n\
-         [tokens.signature]\nhs256_secret_file = \"{}\"\n",
+         [tokens.signature]\nhs256_secret_file = \"{}\"\n[authz]\nlisten = \"127.0.0.1:0\"\n",
         emulator.url(),
         admin_file.path().display(),
         hs_file.path().display()
@@ -391,6 +391,26 @@ async fn logs_never_contain_passwords_tokens_or_secrets() {
     let _ = api
         .send(Method::GET, &format!("/v2/carts?token={token}"), &[], "")
         .await;
+    // The authz listener's decisions: a token in the header, and in the judged target's query.
+    let authz = Commerce::new(&format!("http://{}", field("authz")));
+    for target in [
+        format!("/v2/accounts/{}", tokens[0].0),
+        format!("/v2/carts?token={token}"),
+        "/v2/accounts/other".to_owned(),
+    ] {
+        let _ = authz
+            .send(
+                Method::GET,
+                "/",
+                &[
+                    (ACCOUNT_TOKEN, token.as_str()),
+                    ("x-original-method", "GET"),
+                    ("x-original-uri", target.as_str()),
+                ],
+                "",
+            )
+            .await;
+    }
     let admin_api = Commerce::new(&format!("http://{admin}"));
     let auth = format!("Bearer {admin_secret}");
     let _ = admin_api
@@ -429,6 +449,10 @@ async fn logs_never_contain_passwords_tokens_or_secrets() {
     assert!(
         log.contains("\"target\":\"access\""),
         "access lines are there"
+    );
+    assert!(
+        log.contains("\"route\":\"authz\""),
+        "the decisions' access lines are there"
     );
     let signature = token.rsplit('.').next().expect("signature");
     let payload = token.split('.').nth(1).expect("payload");

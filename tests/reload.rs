@@ -345,3 +345,44 @@ async fn a_rotated_redis_password_is_reported_as_needing_a_restart() {
         .await
         .contains("account_gate_config_restart_required 1"));
 }
+
+#[tokio::test]
+async fn the_authz_path_prefix_reloads_live_and_its_listener_needs_a_restart() {
+    let upstream = TestUpstream::http().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("account-gate.toml");
+    let authz = |listen: &str, prefix: &str| {
+        config_text(
+            &upstream.url,
+            &format!(
+                "config_poll_interval = \"0s\"\n[authz]\nlisten = \"{listen}\"\npath_prefix = \"{prefix}\"\n"
+            ),
+        )
+    };
+    write(&path, &authz("127.0.0.1:0", "/one"));
+    let gateway = TestGateway::from_file(&path).start().await;
+    let base = format!("http://{}", gateway.authz_addr.expect("authz listener"));
+    let status = |path: &str| {
+        let url = format!("{base}{path}");
+        async move { get(&url).await.0 }
+    };
+    assert_eq!(status("/one/v2/carts").await, StatusCode::OK);
+    assert_eq!(status("/two/v2/carts").await, StatusCode::BAD_REQUEST);
+
+    write(&path, &authz("127.0.0.1:0", "/two"));
+    let reloader = gateway.reloader.as_ref().expect("reloader");
+    let reloaded = reloader.reload().await.expect("valid config reloads");
+    assert!(reloaded.restart_needed.is_empty());
+    assert_eq!(status("/two/v2/carts").await, StatusCode::OK);
+    assert_eq!(status("/one/v2/carts").await, StatusCode::BAD_REQUEST);
+
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    write(&path, &authz(&free.to_string(), "/two"));
+    let reloaded = reloader.reload().await.expect("valid config reloads");
+    assert_eq!(reloaded.restart_needed, ["authz.listen"]);
+    // Still served where it was bound.
+    assert_eq!(status("/two/v2/carts").await, StatusCode::OK);
+    gateway.shutdown().await;
+}

@@ -187,6 +187,8 @@ fn flatten(export: ExportTraceServiceRequest) -> Vec<Exported> {
 struct Gateway {
     process: Process,
     listen: String,
+    /// The external-authorization listener's address.
+    authz: String,
     _files: Vec<tempfile::NamedTempFile>,
 }
 
@@ -206,7 +208,8 @@ impl Gateway {
             config,
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
              shutdown_delay = \"0s\"\n[upstream]\nurl = \"{upstream}\"\n[tokens]\n\
-             mode = \"signature\"\n[tokens.signature]\nhs256_secret_file = \"{}\"\n{extra}\n",
+             mode = \"signature\"\n[tokens.signature]\nhs256_secret_file = \"{}\"\n\
+             [authz]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
             secret.path().display()
         )
         .expect("write config");
@@ -224,16 +227,23 @@ impl Gateway {
         let ready = Process::wait_for_line(&process.stderr, "account-gate ready");
         let ready: Value = serde_json::from_str(&ready).expect("a JSON log line");
         let listen = ready["listen"].as_str().expect("listen").to_owned();
+        let authz = ready["authz"].as_str().expect("authz").to_owned();
         Gateway {
             process,
             listen,
+            authz,
             _files: vec![secret, config],
         }
     }
 
     /// GET `path` with the given headers.
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> StatusCode {
-        let mut request = Request::get(format!("http://{}{path}", self.listen));
+        self.get_from(&self.listen, path, headers).await
+    }
+
+    /// GET `path` on the listener at `addr` with the given headers.
+    async fn get_from(&self, addr: &str, path: &str, headers: &[(&str, &str)]) -> StatusCode {
+        let mut request = Request::get(format!("http://{addr}{path}"));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -601,4 +611,45 @@ async fn redis_round_trips_are_spans_of_their_request() {
         spans.iter().all(|s| s.trace_id == TRACE_ID),
         "a span outside the request's trace: {spans:#?}"
     );
+}
+
+#[tokio::test]
+async fn an_ingress_decision_joins_the_ingress_trace() {
+    let receiver = Receiver::start().await;
+    let upstream = TestUpstream::http().await;
+    let env = traced_env(&receiver);
+    let gateway = Gateway::start(&upstream.url, &as_pairs(&env));
+    let token = token();
+    let incoming = format!("00-{TRACE_ID}-{PARENT_ID}-01");
+    let status = gateway
+        .get_from(
+            &gateway.authz,
+            "/auth",
+            &[
+                ("X-Original-Method", "GET"),
+                ("X-Original-URI", "/v2/accounts/account-1?secret=query"),
+                ("EP-Account-Management-Authentication-Token", &token),
+                ("traceparent", &incoming),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(upstream.calls(), 0, "a decision forwards nothing");
+    assert_eq!(gateway.access_line()["trace_id"], TRACE_ID);
+    let trace = receiver.trace(TRACE_ID).await;
+    let decision = of_kind(&trace, SpanKind::Server);
+    assert_eq!(decision.name, "authz");
+    assert_eq!(decision.parent_span_id, PARENT_ID);
+    assert_eq!(decision.attr("account_gate.outcome"), "allowed");
+    assert_eq!(decision.attr("http.response.status_code"), "200");
+    let check = span(&trace, "token check");
+    assert_eq!(check.parent_span_id, decision.span_id);
+    assert_eq!(check.attr("account_gate.token.outcome"), "accepted");
+    let raw = receiver.raw.lock().expect("lock").clone();
+    for secret in [token.as_str(), "secret=query"] {
+        assert!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret:?} was exported"
+        );
+    }
 }

@@ -13,9 +13,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AdminConfig, Config, Http2Config, ListenerTlsConfig, LogConfig, LogFormat, RateLimitConfig,
-    SecretRef, ServerConfig, SignupConfig, StoreConfig, TokensConfig, TracingConfig,
-    UpstreamConfig,
+    AdminConfig, AuthzConfig, Config, Http2Config, ListenerTlsConfig, LogConfig, LogFormat,
+    RateLimitConfig, SecretRef, ServerConfig, SignupConfig, StoreConfig, TokensConfig,
+    TracingConfig, UpstreamConfig,
 };
 
 /// The whole file.
@@ -33,6 +33,7 @@ pub(super) struct FileConfig {
     pub tracing: TracingConfig,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<crate::scope::RouteConfig>,
+    pub authz: AuthzConfig,
 }
 
 /// `[server]`; see [`ServerConfig`] for what each key does.
@@ -167,6 +168,7 @@ impl FileConfig {
             tokens,
             tracing,
             routes,
+            authz,
         } = self;
         Config {
             server: ServerConfig {
@@ -208,6 +210,7 @@ impl FileConfig {
             tokens,
             tracing,
             routes,
+            authz,
         }
     }
 }
@@ -268,6 +271,7 @@ impl From<&Config> for FileConfig {
             tokens: c.tokens.clone(),
             tracing: c.tracing.clone(),
             routes: c.routes.clone(),
+            authz: c.authz.clone(),
         }
     }
 }

@@ -64,8 +64,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use schema::schema_keys;
 pub use secret::{Secret, SecretError, SecretRef};
 pub use sections::{
-    Http2Config, ListenerTlsConfig, RateLimitConfig, SecretEncoding, SignatureConfig, SignupConfig,
-    StoreBackend, StoreConfig, TokenMode, TokensConfig, UnknownTokens,
+    AuthzConfig, Http2Config, ListenerTlsConfig, RateLimitConfig, SecretEncoding, SignatureConfig,
+    SignupConfig, StoreBackend, StoreConfig, TargetFrom, TokenMode, TokensConfig, UnknownTokens,
 };
 pub use tracing::{Ratio, TraceBatchConfig, TraceExporter, TraceSampler, TracingConfig};
 
@@ -88,6 +88,8 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// `[[routes]]`: rules checked before the built-in ones (see [`crate::scope`]).
     pub routes: Vec<crate::scope::RouteConfig>,
+    /// `[authz]`: the external-authorization listener for an ingress.
+    pub authz: AuthzConfig,
 }
 
 /// The downstream listeners and what they accept.

@@ -12,8 +12,8 @@ use toml::{Table, Value};
 use super::error::Report;
 use super::file::{AdminFile, LogFile, ServerFile, UpstreamFile};
 use super::{
-    Http2Config, ListenerTlsConfig, RateLimitConfig, SignatureConfig, SignupConfig, StoreConfig,
-    TokensConfig, TraceBatchConfig, TracingConfig,
+    AuthzConfig, Http2Config, ListenerTlsConfig, RateLimitConfig, SignatureConfig, SignupConfig,
+    StoreConfig, TokensConfig, TraceBatchConfig, TracingConfig,
 };
 use crate::scope::RouteConfig;
 
@@ -82,6 +82,7 @@ pub(super) const SECTIONS: &[Section] = &[
     Section::of::<TracingConfig>("tracing")
         .with_children(&[Section::of::<TraceBatchConfig>("batch")]),
     Section::array_of::<RouteConfig>("routes"),
+    Section::of::<AuthzConfig>("authz"),
 ];
 
 /// The section called `name`.

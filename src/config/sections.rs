@@ -404,3 +404,55 @@ impl Default for SignatureConfig {
         }
     }
 }
+
+/// `[authz]`: the external-authorization listener, where an ingress (nginx `auth_request`,
+/// Caddy `forward_auth`, Traefik `forwardAuth`, Envoy or Istio `ext_authz`) asks whether one
+/// request may go on. It judges and forwards nothing; off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzConfig {
+    /// Where the ingress calls. Not set by default (no such listener). It must be reachable by
+    /// the ingress only: it trusts `X-Forwarded-Method`/`-Uri` and `X-Original-Method`/`-URI`.
+    #[serde(
+        deserialize_with = "optional_addr",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Removed from the front of a call's own path when the call carries no target header
+    /// (Envoy's HTTP `ext_authz` service prepends its `path_prefix`): `/authz` makes a call to
+    /// `/authz/v2/accounts/A` judge `/v2/accounts/A`. Empty (the default) removes nothing.
+    pub path_prefix: String,
+    /// Where the judged request's method and target are read: `any` (the default) takes
+    /// `X-Forwarded-Method`/`-Uri`, else `X-Original-Method`/`-URI`, else the call's own method
+    /// and path, and refuses a call carrying both pairs; `forwarded` (Traefik, Caddy),
+    /// `original` (nginx) or `path` (Envoy, Istio) reads that source alone and ignores the
+    /// others, so that headers a client slipped past the ingress cannot name the target.
+    pub target_from: TargetFrom,
+}
+
+/// `[authz] target_from`: where the judged request is named.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetFrom {
+    /// Whichever the call carries (both header pairs: 400).
+    #[default]
+    Any,
+    /// `X-Forwarded-Method` and `X-Forwarded-Uri` only.
+    Forwarded,
+    /// `X-Original-Method` and `X-Original-URI` only.
+    Original,
+    /// The call's own method and path, `path_prefix` removed, only.
+    Path,
+}
+
+/// An optional socket address, with an error that quotes the value.
+fn optional_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format_args!(
+            "invalid socket address {text:?} (expected e.g. \"127.0.0.1:8081\" or \"[::1]:8081\")"
+        ))
+    })
+}

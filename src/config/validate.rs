@@ -140,6 +140,8 @@ pub(super) fn validate(
         );
     }
 
+    check_authz(&file, report);
+
     let url = match &u.url {
         None => {
             if report.is_ok("upstream.url") {
@@ -470,6 +472,46 @@ fn parse_upstream_url(raw: &str) -> Result<Uri, String> {
         return Err(format!("{raw:?} must not have a query or fragment"));
     }
     Ok(uri)
+}
+
+/// `[authz]`: its listener needs its own port, and `path_prefix` must be a path in canonical
+/// form that a call's path can start with.
+fn check_authz(file: &FileConfig, report: &mut Report) {
+    let (s, authz) = (&file.server, &file.authz);
+    if let Some(listen) = authz.listen {
+        if report.is_ok("authz.listen") {
+            for (key, other) in [
+                ("server.listen", s.listen),
+                ("server.admin_listen", s.admin_listen),
+            ] {
+                if listeners_collide(listen, other) {
+                    report.invalid(
+                        "authz.listen",
+                        format!(
+                            "\"{listen}\" collides with {key} \"{other}\"; the authz listener needs its own port"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let prefix = &authz.path_prefix;
+    if !prefix.is_empty() {
+        let canonical = prefix
+            .parse::<Uri>()
+            .ok()
+            .filter(|uri| uri.scheme().is_none() && uri.query().is_none())
+            .and_then(|uri| crate::target::CanonicalTarget::parse(&uri).ok())
+            .is_some_and(|target| !target.rewritten() && target.path() == prefix.as_str());
+        if !canonical || !prefix.starts_with('/') || prefix.ends_with('/') {
+            report.invalid(
+                "authz.path_prefix",
+                format!(
+                    "{prefix:?} must be empty or a path in normal form, starting and not ending with \"/\" (e.g. \"/authz\")"
+                ),
+            );
+        }
+    }
 }
 
 /// Two listeners collide when one would fail to bind while the other is bound. Port 0 (an

@@ -7,6 +7,7 @@
 //! identity), forwards it once for the upstream to judge an unknown token, or refuses it. The
 //! headers are rewritten on the way out and the answer streams back.
 
+mod authz;
 mod headers;
 mod listener;
 mod stall;
@@ -32,6 +33,7 @@ use crate::signup::{Mechanism, Outcome, Signup, SignupError, TeeBody};
 use crate::telemetry::{self, traced};
 use crate::validator::{Validator, Verdict};
 
+pub use authz::{AuthzError, Decisions};
 pub use headers::{strip_hop_by_hop, X_REQUEST_ID};
 pub use listener::{serve, CloseAfter, CloseReason, InFlight, ListenerSettings};
 pub use upstream::{ConnectError, Upstream, UpstreamError, UpstreamSetupError};
@@ -508,6 +510,7 @@ impl Gateway {
             GatewayError::Signup(_)
             | GatewayError::Token(_)
             | GatewayError::Path(_)
+            | GatewayError::Authz(_)
             | GatewayError::MethodNotAllowed { .. } => {}
             GatewayError::Upstream(e) => {
                 self.metrics

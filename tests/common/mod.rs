@@ -3,6 +3,7 @@
 
 pub mod commerce;
 pub mod cut;
+pub mod ingress;
 pub mod keys;
 pub mod lenient;
 pub mod process;
@@ -37,6 +38,8 @@ pub struct TestGateway {
 pub struct RunningGateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The authz listener's address, when `[authz] listen` is set.
+    pub authz_addr: Option<SocketAddr>,
     /// The gateway's token store, to see what it learnt.
     pub store: Arc<Store>,
     /// Reloads the configuration file, for gateways made with [`TestGateway::from_file`].
@@ -84,6 +87,7 @@ impl TestGateway {
         let reloader = server.reloader();
         let addr = server.local_addr();
         let admin_addr = server.admin_addr();
+        let authz_addr = server.authz_addr();
         let store = server.store();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
@@ -92,6 +96,7 @@ impl TestGateway {
         let gateway = RunningGateway {
             addr,
             admin_addr,
+            authz_addr,
             store,
             reloader,
             stop: Some(stop),
