@@ -228,3 +228,42 @@ fn version_names_the_release_and_the_git_revision() {
         _ => assert!(!revision.is_empty()),
     }
 }
+
+/// `worker_threads = 0` takes the CPUs the process may really use: pinned to one, it runs a
+/// single-threaded runtime.
+#[tokio::test]
+async fn one_available_cpu_gets_a_current_thread_runtime() {
+    if Command::new("taskset").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "taskset (util-linux) is required in CI"
+        );
+        eprintln!("SKIPPED: taskset is not installed");
+        return;
+    }
+    let upstream = TestUpstream::http().await;
+    let config = config_file(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         shutdown_delay = \"0s\"\n[upstream]\nurl = \"{}\"\n",
+        upstream.url
+    ));
+    let path = config.path().to_str().expect("utf-8 path").to_owned();
+    let mut pinned = Command::new("taskset");
+    pinned.args(["-c", "0", BIN]);
+    let gateway = Process::spawn_command(pinned, &["run", "--config", &path], &[]);
+    let line = Process::wait_for_line(&gateway.stderr, " runtime");
+    assert_eq!(field(&line, "worker_threads"), "1", "{line}");
+    assert_eq!(field(&line, "flavor"), "current_thread", "{line}");
+    let ready = Process::wait_for_line(&gateway.stderr, "account-gate ready");
+    let listen = field(&ready, "listen");
+    assert_eq!(
+        get(&format!("http://{listen}/anything")).await.0,
+        StatusCode::OK
+    );
+
+    // Unpinned, it takes every CPU it may use.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let gateway = Process::spawn(&["run", "--config", &path]);
+    let line = Process::wait_for_line(&gateway.stderr, " runtime");
+    assert_eq!(field(&line, "worker_threads"), cpus.to_string(), "{line}");
+}

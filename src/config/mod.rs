@@ -124,8 +124,9 @@ pub struct ServerConfig {
     pub shutdown_delay: Duration,
     /// How long in-flight requests may take to finish once the listener has stopped. Default `30s`.
     pub shutdown_grace: Duration,
-    /// Runtime worker threads: 0 means one per CPU core, 1 a single-threaded runtime (the
-    /// leanest for a sidecar). Default 0.
+    /// Runtime worker threads: 0 means one per CPU this process may use (its affinity and its
+    /// cgroup's CPU quota), and one is a single-threaded runtime, the fastest on one core.
+    /// Default 0.
     pub worker_threads: usize,
     /// Proxies in front of the gateway that append to `X-Forwarded-For`: the client IP used for
     /// rate limits is the address that many entries from the right of that header; 0 uses the

@@ -21,7 +21,12 @@ impl Process {
 
     /// Spawns with `env` added to the environment (an empty value removes the variable).
     pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BIN);
+        Self::spawn_command(Command::new(BIN), args, env)
+    }
+
+    /// Spawns `command` (the binary, or a wrapper such as `taskset` that runs it) with `args`
+    /// and `env` added.
+    pub fn spawn_command(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Self {
         for (name, value) in env {
             match value.is_empty() {
                 true => command.env_remove(name),
@@ -34,7 +39,7 @@ impl Process {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn account-gate");
+            .expect("spawn the gateway");
         let stdout = lines(child.stdout.take().expect("stdout"));
         let stderr = lines(child.stderr.take().expect("stderr"));
         Process {
