@@ -97,6 +97,7 @@ impl Admin {
                     self.metrics
                         .sync_jwks(verifier.jwks_fetch_errors(), verifier.jwks_last_success());
                 }
+                self.metrics.sync_log_drops(crate::logging::dropped_lines());
                 self.metrics
                     .revocations_held
                     .set(i64::try_from(self.store.revocations_held()).unwrap_or(i64::MAX));

@@ -70,7 +70,8 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    logging::init(&config.log, telemetry.as_ref());
+    // Dropped last, when `run` returns: the last lines are written out before the exit.
+    let _logs = logging::init(&config.log, telemetry.as_ref());
     runtime.block_on(async move {
         tracing::info!(
             worker_threads = workers,
@@ -96,7 +97,7 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
 /// `account-gate emulator`: the Commerce stand-in alone, until SIGTERM or SIGINT.
 #[cfg(feature = "emulator")]
 pub fn emulator(listen: SocketAddr) -> ExitCode {
-    logging::init(
+    let _logs = logging::init(
         &config::LogConfig {
             level: "info".to_owned(),
             format: LogFormat::Text,

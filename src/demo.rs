@@ -36,7 +36,7 @@ pub enum DemoError {
 pub async fn run(addrs: DemoAddrs, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     let loaded = config::from_toml_str(DEMO_TOML, &[])?;
     let mut config: Config = loaded.config;
-    crate::logging::init(&config.log, None);
+    let _logs = crate::logging::init(&config.log, None);
 
     let emulator_listener = bind_or_any(addrs.emulator).await?;
     let emulator_addr = emulator_listener

@@ -89,6 +89,9 @@ pub struct Metrics {
     /// `config_restart_required`: 1 once a reload changed a key only a restart applies (the
     /// running value was kept), until the process restarts.
     pub config_restart_required: IntGauge,
+    /// `log_lines_dropped_total`: log lines dropped because the output could not keep up (read
+    /// from the log writer at scrape time).
+    pub log_lines_dropped_total: IntCounter,
     /// `connections_open{listener}`: client connections open now.
     pub connections_open: IntGaugeVec,
     /// `connections_closed_total{listener,reason}`: client connections ended, by why.
@@ -250,6 +253,11 @@ impl Metrics {
             "1 once a reload changed a setting that only a restart applies (its running value is kept and logged), until the process restarts.",
         )?;
         registry.register(Box::new(config_restart_required.clone()))?;
+        let log_lines_dropped_total = IntCounter::new(
+            "log_lines_dropped_total",
+            "Log lines (access lines included) dropped because stderr could not take them as fast as they came; requests never wait for their line.",
+        )?;
+        registry.register(Box::new(log_lines_dropped_total.clone()))?;
         registry.register(Box::new(token_validations_total.clone()))?;
         registry.register(Box::new(verified_cache_hits_total.clone()))?;
         registry.register(Box::new(verified_cache_misses_total.clone()))?;
@@ -345,6 +353,7 @@ impl Metrics {
             tokens_revoked_total,
             config_reloads_total,
             config_restart_required,
+            log_lines_dropped_total,
             connections_open,
             connections_closed_total,
             requests_in_flight,
@@ -431,6 +440,13 @@ impl Metrics {
             self.jwks_last_success_timestamp_seconds
                 .set(i64::try_from(at).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Brings `log_lines_dropped_total` up to the log writer's count (read at scrape time).
+    pub fn sync_log_drops(&self, dropped: u64) {
+        let _guard = self.verified_sync.lock();
+        let counter = &self.log_lines_dropped_total;
+        counter.inc_by(dropped.saturating_sub(counter.get()));
     }
 
     /// The Prometheus text exposition of every metric.

@@ -1,0 +1,119 @@
+//! Access lines leave the request path: a stderr nobody reads costs no request (lines are
+//! dropped and counted instead), and the lines still waiting at exit are written out.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::process::BIN;
+use common::upstream::TestUpstream;
+use common::{get, sample, wait_until};
+use http::StatusCode;
+
+fn config(upstream: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("config");
+    write!(
+        file,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         shutdown_delay = \"0s\"\n[upstream]\nurl = \"{upstream}\"\n"
+    )
+    .expect("write config");
+    file
+}
+
+/// Starts the binary and reads its stderr up to the ready line; returns the child, the rest of
+/// its stderr (unread), and the data and admin addresses.
+fn start(
+    config: &tempfile::NamedTempFile,
+) -> (Child, BufReader<std::process::ChildStderr>, String, String) {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read stderr") > 0,
+            "exited before it was ready"
+        );
+        if line.contains("account-gate ready") {
+            break;
+        }
+    }
+    let field = |key: &str| common::process::field(&line, key);
+    (child, stderr, field("listen"), field("admin"))
+}
+
+/// `n` GETs on `concurrency` connections; every answer must be 200.
+async fn load(listen: &str, n: usize, concurrency: usize) {
+    let per_task = n / concurrency;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let url = format!("http://{listen}/v2/catalog/products");
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    assert_eq!(get(&url).await.0, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("answered without waiting on the log")
+            .expect("every request answered 200");
+    }
+}
+
+#[tokio::test]
+async fn a_stderr_nobody_reads_costs_no_request() {
+    let upstream = TestUpstream::http().await;
+    let config = config(&upstream.url);
+    let (mut child, stderr, listen, admin) = start(&config);
+
+    // Nobody reads stderr from here on: the pipe fills at 64 KiB, the writer blocks, the
+    // buffer fills at 1 MiB, and then lines are dropped; requests go on.
+    load(&listen, 12_000, 8).await;
+    assert_eq!(upstream.calls(), 12_000);
+    let metrics = format!("http://{admin}/metrics");
+    wait_until("dropped lines counted", || async {
+        let text = String::from_utf8_lossy(&get(&metrics).await.1).into_owned();
+        sample(&text, "account_gate_log_lines_dropped_total") > 0.0
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stderr);
+}
+
+#[tokio::test]
+async fn the_lines_still_waiting_are_written_at_exit() {
+    let upstream = TestUpstream::http().await;
+    let config = config(&upstream.url);
+    let (child, mut stderr, listen, _admin) = start(&config);
+    load(&listen, 200, 4).await;
+    // At once, within the 50 ms a batch may wait.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("read to exit");
+    let access = rest.lines().filter(|l| l.contains(" access:")).count();
+    assert_eq!(access, 200, "{rest}");
+    assert!(
+        rest.contains("account-gate stopped"),
+        "the shutdown lines too: {rest}"
+    );
+    let mut child = child;
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+}
