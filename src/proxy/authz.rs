@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 
 use tracing::Span;
 
-use super::{full_body, headers, is_preflight, Body, TraceIdField, ALLOW_ANY, X_REQUEST_ID};
+use super::{full_body, headers, is_preflight, AccessLine, Body, ALLOW_ANY, X_REQUEST_ID};
 use crate::answer::GatewayError;
 use crate::config::{AuthzConfig, TargetFrom};
 use crate::metrics::{Metrics, AUTHZ_ROUTE};
@@ -167,30 +167,19 @@ impl Decisions {
         let elapsed = started.elapsed();
         let status = response.status();
         self.metrics.observe_request(AUTHZ_ROUTE, status, elapsed);
-        let trace_id = if traced {
-            span.record("http.response.status_code", status.as_u16());
-            span.record("account_gate.outcome", decided.outcome);
-            span.record("account_gate.reason", decided.reason);
-            if status.is_server_error() {
-                span.record("otel.status_code", "error");
-            }
-            telemetry::trace_id_of(&span)
-        } else {
-            incoming_trace
-        };
-        // One line per decision, as on the proxy: never a header value or a query string.
-        tracing::info!(
-            target: "access",
-            request_id = request_id.to_str().unwrap_or("-"),
-            method = decided.method.as_ref().map_or("-", Method::as_str),
-            route = "authz",
-            status = status.as_u16(),
-            outcome = decided.outcome,
-            reason = decided.reason,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            client = %client,
-            trace_id = %TraceIdField(trace_id),
-        );
+        // One line per decision, as on the proxy.
+        AccessLine {
+            request_id: &request_id,
+            method: decided.method.as_ref().map_or("-", Method::as_str),
+            route: "authz",
+            status,
+            outcome: decided.outcome,
+            reason: decided.reason,
+            elapsed,
+            upstream: None,
+            client,
+        }
+        .finish(traced.then_some(&span), incoming_trace);
         response
     }
 

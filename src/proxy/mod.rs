@@ -223,27 +223,18 @@ impl Gateway {
         let elapsed = started.elapsed();
         let status = response.status();
         self.metrics.observe_request(route.index(), status, elapsed);
-        let trace_id = if traced {
-            close_request_span(&span, &exchange, status);
-            telemetry::trace_id_of(&span)
-        } else {
-            incoming_trace
-        };
-        // One line per request. Never a header value, a body or a query string: they can hold
-        // tokens, passwords and secrets.
-        tracing::info!(
-            target: "access",
-            request_id = request_id.to_str().unwrap_or("-"),
-            %method,
-            route = route.as_str(),
-            status = status.as_u16(),
-            outcome = exchange.outcome,
-            reason = exchange.reason,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = exchange.upstream.map(|d| d.as_secs_f64() * 1000.0),
-            client = %client,
-            trace_id = %TraceIdField(trace_id),
-        );
+        AccessLine {
+            request_id: &request_id,
+            method: method.as_str(),
+            route: route.as_str(),
+            status,
+            outcome: exchange.outcome,
+            reason: exchange.reason,
+            elapsed,
+            upstream: exchange.upstream,
+            client,
+        }
+        .finish(traced.then_some(&span), incoming_trace);
         Ok(response)
     }
 
@@ -545,15 +536,53 @@ fn request_span(request: &Request<Incoming>, client: IpAddr, request_id: &Header
     span
 }
 
-/// Names on the request's span what became of it. A 5xx is an error of the gateway's (or its
-/// upstream's); a 4xx is the client's, and not an error of this span.
-fn close_request_span(span: &Span, exchange: &Exchange, status: StatusCode) {
-    span.record("http.response.status_code", status.as_u16());
-    span.record("account_gate.route", exchange.route.as_str());
-    span.record("account_gate.outcome", exchange.outcome);
-    span.record("account_gate.reason", exchange.reason);
-    if status.is_server_error() {
-        span.record("otel.status_code", "error");
+/// What became of one request (or one decision of the authz listener): its access line, and
+/// the same on the span that traces it. Never a header value, a body or a query string: they
+/// can hold tokens, passwords and secrets.
+struct AccessLine<'a> {
+    request_id: &'a HeaderValue,
+    method: &'a str,
+    route: &'static str,
+    status: StatusCode,
+    outcome: &'static str,
+    reason: &'static str,
+    elapsed: Duration,
+    /// How long the upstream took to answer, when it was asked.
+    upstream: Option<Duration>,
+    client: IpAddr,
+}
+
+impl AccessLine<'_> {
+    /// Names the outcome on `span` (when tracing is on) and writes the line with the trace id:
+    /// the span's, or else the caller's (`incoming`). A 5xx is an error of the gateway's (or its
+    /// upstream's) and marks the span; a 4xx is the client's, and does not.
+    fn finish(&self, span: Option<&Span>, incoming: Option<TraceId>) {
+        let trace_id = match span {
+            Some(span) => {
+                span.record("http.response.status_code", self.status.as_u16());
+                span.record("account_gate.route", self.route);
+                span.record("account_gate.outcome", self.outcome);
+                span.record("account_gate.reason", self.reason);
+                if self.status.is_server_error() {
+                    span.record("otel.status_code", "error");
+                }
+                telemetry::trace_id_of(span)
+            }
+            None => incoming,
+        };
+        tracing::info!(
+            target: "access",
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            method = %self.method,
+            route = self.route,
+            status = self.status.as_u16(),
+            outcome = self.outcome,
+            reason = self.reason,
+            duration_ms = self.elapsed.as_secs_f64() * 1000.0,
+            upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0),
+            client = %self.client,
+            trace_id = %TraceIdField(trace_id),
+        );
     }
 }
 
