@@ -113,6 +113,17 @@ impl Receiver {
         }
     }
 
+    /// Asserts that none of `secrets` appears anywhere in what was exported.
+    fn assert_never_exported(&self, secrets: &[&str]) {
+        let raw = self.raw.lock().expect("lock").clone();
+        for secret in secrets {
+            assert!(
+                !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret:?} was exported"
+            );
+        }
+    }
+
     fn spans(&self) -> Vec<Exported> {
         self.spans.lock().expect("lock").clone()
     }
@@ -272,6 +283,15 @@ impl Gateway {
     }
 }
 
+/// A receiver, an upstream, and the gateway in front of it exporting to the receiver.
+async fn traced() -> (Receiver, TestUpstream, Gateway) {
+    let receiver = Receiver::start().await;
+    let upstream = TestUpstream::http().await;
+    let env = traced_env(&receiver);
+    let gateway = Gateway::start(&upstream.url, &as_pairs(&env));
+    (receiver, upstream, gateway)
+}
+
 fn token() -> String {
     TestKey::hmac(SECRET.as_bytes()).sign(serde_json::json!({}), claims())
 }
@@ -337,10 +357,7 @@ fn upstream_traceparent(upstream: &TestUpstream) -> (String, Option<String>) {
 
 #[tokio::test]
 async fn an_incoming_trace_is_continued_upstream_and_exported_with_its_attributes() {
-    let receiver = Receiver::start().await;
-    let upstream = TestUpstream::http().await;
-    let env = traced_env(&receiver);
-    let gateway = Gateway::start(&upstream.url, &as_pairs(&env));
+    let (receiver, upstream, gateway) = traced().await;
     let token = token();
     let incoming = format!("00-{TRACE_ID}-{PARENT_ID}-01");
 
@@ -406,22 +423,13 @@ async fn an_incoming_trace_is_continued_upstream_and_exported_with_its_attribute
     );
 
     // Nothing exported holds the token, its signature, the secret or the query string.
-    let raw = receiver.raw.lock().expect("lock").clone();
     let signature = token.rsplit('.').next().expect("signature");
-    for secret in [token.as_str(), signature, SECRET, "page=1"] {
-        assert!(
-            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "{secret:?} was exported"
-        );
-    }
+    receiver.assert_never_exported(&[token.as_str(), signature, SECRET, "page=1"]);
 }
 
 #[tokio::test]
 async fn without_trace_context_a_sampled_request_starts_a_trace_and_refusals_are_named() {
-    let receiver = Receiver::start().await;
-    let upstream = TestUpstream::http().await;
-    let env = traced_env(&receiver);
-    let gateway = Gateway::start(&upstream.url, &as_pairs(&env));
+    let (receiver, upstream, gateway) = traced().await;
     let token = token();
 
     let status = gateway
@@ -615,10 +623,7 @@ async fn redis_round_trips_are_spans_of_their_request() {
 
 #[tokio::test]
 async fn an_ingress_decision_joins_the_ingress_trace() {
-    let receiver = Receiver::start().await;
-    let upstream = TestUpstream::http().await;
-    let env = traced_env(&receiver);
-    let gateway = Gateway::start(&upstream.url, &as_pairs(&env));
+    let (receiver, upstream, gateway) = traced().await;
     let token = token();
     let incoming = format!("00-{TRACE_ID}-{PARENT_ID}-01");
     let status = gateway
@@ -645,11 +650,5 @@ async fn an_ingress_decision_joins_the_ingress_trace() {
     let check = span(&trace, "token check");
     assert_eq!(check.parent_span_id, decision.span_id);
     assert_eq!(check.attr("account_gate.token.outcome"), "accepted");
-    let raw = receiver.raw.lock().expect("lock").clone();
-    for secret in [token.as_str(), "secret=query"] {
-        assert!(
-            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "{secret:?} was exported"
-        );
-    }
+    receiver.assert_never_exported(&[token.as_str(), "secret=query"]);
 }
