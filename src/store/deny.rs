@@ -126,6 +126,15 @@ pub(crate) fn millis(at: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Milliseconds since the epoch, rounded up: the end of an entry, which must not come a
+/// fraction of a millisecond before the instant it was given (`now` is rounded down).
+fn millis_up(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| {
+        let partial = u128::from(d.subsec_nanos() % 1_000_000 != 0);
+        u64::try_from(d.as_millis() + partial).unwrap_or(u64::MAX)
+    })
+}
+
 fn now() -> u64 {
     millis(SystemTime::now())
 }
@@ -148,10 +157,11 @@ impl DenyList {
     /// token's member when known. `true` if the token was not denied before (the increment of
     /// `tokens_revoked_total`); `false` too when `until` has passed already.
     pub fn deny(&self, fp: Fingerprint, until: SystemTime, member: Option<&str>) -> bool {
-        let (until, now) = (millis(until), now());
-        if until <= now {
+        let now = now();
+        if millis(until) <= now {
             return false;
         }
+        let until = millis_up(until);
         let Some(member) = member else {
             return self.inner.deny_token(fp, until, now);
         };
@@ -273,6 +283,15 @@ mod tests {
 
     fn in_secs(s: u64) -> SystemTime {
         SystemTime::now() + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn an_end_is_never_rounded_earlier() {
+        let at = |nanos| UNIX_EPOCH + Duration::from_nanos(nanos);
+        assert_eq!(millis_up(at(2_000_000)), 2);
+        assert_eq!(millis_up(at(1_000_001)), 2);
+        assert_eq!(millis_up(at(1_999_999)), 2);
+        assert_eq!(millis(at(1_999_999)), 1);
     }
 
     #[test]
