@@ -7,7 +7,7 @@ use std::time::Duration;
 use account_gate::config::UnknownTokens;
 use account_gate::emulator::{mint_token, Emulator, EmulatorHandle, EmulatorOptions};
 use account_gate::store::{Fingerprint, TokenRecord, TokenStore};
-use common::commerce::{issued, signup_data, Answer, Commerce, ACCOUNT_TOKEN, TOKENS};
+use common::commerce::{issued, signup_data, Commerce, ACCOUNT_TOKEN, TOKENS};
 use common::upstream::{Seen, TestUpstream};
 use common::{RunningGateway, TestGateway};
 use http::{Method, StatusCode};
@@ -30,23 +30,6 @@ async fn stack(
         .await;
     let api = Commerce::new(&gateway.url(""));
     (emulator, gateway, api)
-}
-
-fn assert_refused(answer: &Answer, status: StatusCode, code: &str) {
-    assert_eq!(
-        answer.status,
-        status,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    assert_eq!(answer.error_code_and_pointer().0, code);
-    assert_eq!(answer.json()["errors"][0]["status"], status.as_str());
-    if status == StatusCode::UNAUTHORIZED {
-        assert_eq!(
-            answer.headers["www-authenticate"],
-            "Bearer realm=\"account-gate\", error=\"invalid_token\""
-        );
-    }
 }
 
 /// The token with one character of its signature changed.
@@ -83,7 +66,7 @@ async fn issued_tokens_open_their_own_account_only_until_logout() {
     let idor = api
         .scoped_get(&format!("/v2/accounts/{other_account}"), &token)
         .await;
-    assert_refused(&idor, StatusCode::FORBIDDEN, "scope_mismatch");
+    idor.assert_refused(StatusCode::FORBIDDEN, "scope_mismatch");
     assert_eq!(
         emulator.requests_to(&format!("/v2/accounts/{other_account}")),
         0
@@ -91,7 +74,7 @@ async fn issued_tokens_open_their_own_account_only_until_logout() {
     let other_member = api
         .scoped_get("/v2/account-members/someone-else", &token)
         .await;
-    assert_refused(&other_member, StatusCode::FORBIDDEN, "member_mismatch");
+    other_member.assert_refused(StatusCode::FORBIDDEN, "member_mismatch");
 
     // One character changed: not a token anybody issued.
     let forged = api
@@ -113,7 +96,7 @@ async fn issued_tokens_open_their_own_account_only_until_logout() {
     let after = api
         .scoped_get(&format!("/v2/accounts/{account}"), &token)
         .await;
-    assert_refused(&after, StatusCode::UNAUTHORIZED, "token_revoked");
+    after.assert_refused(StatusCode::UNAUTHORIZED, "token_revoked");
     // The upstream still accepts it (it has no logout); the gateway does not let it through.
     let direct = Commerce::new(&emulator.url())
         .scoped_get(&format!("/v2/accounts/{account}"), &token)
@@ -123,7 +106,7 @@ async fn issued_tokens_open_their_own_account_only_until_logout() {
     let again = api
         .send(Method::DELETE, TOKENS, &[(ACCOUNT_TOKEN, &token)], "")
         .await;
-    assert_refused(&again, StatusCode::UNAUTHORIZED, "token_revoked");
+    again.assert_refused(StatusCode::UNAUTHORIZED, "token_revoked");
 
     let metrics = gateway.metrics().await;
     assert!(
@@ -161,10 +144,10 @@ async fn issued_tokens_are_refused_after_their_expiry() {
         assert!(std::time::Instant::now() < deadline, "still accepted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_refused(&expired, StatusCode::UNAUTHORIZED, "token_expired");
+    expired.assert_refused(StatusCode::UNAUTHORIZED, "token_expired");
     let after = emulator.requests_to(&path);
     let expired_again = api.scoped_get(&path, &token).await;
-    assert_refused(&expired_again, StatusCode::UNAUTHORIZED, "token_expired");
+    expired_again.assert_refused(StatusCode::UNAUTHORIZED, "token_expired");
     assert_eq!(
         emulator.requests_to(&path),
         after,
@@ -189,7 +172,7 @@ async fn with_unknown_reject_a_genuine_token_never_seen_is_refused_locally() {
     let (account, token) = tokens[0].clone();
     let path = format!("/v2/accounts/{account}");
     let answer = api.scoped_get(&path, &token).await;
-    assert_refused(&answer, StatusCode::UNAUTHORIZED, "token_unknown");
+    answer.assert_refused(StatusCode::UNAUTHORIZED, "token_unknown");
     assert_eq!(emulator.requests_to(&path), 0, "the upstream was not asked");
 }
 
@@ -226,7 +209,7 @@ async fn with_unknown_upstream_genuine_tokens_are_learnt_and_forged_ones_refused
     let (_, other) = issued(&direct.tokens(signup_data("other@example.com", "pw")).await);
     let other_path = format!("/v2/accounts/{}", other[0].0);
     let idor = api.scoped_get(&other_path, &token).await;
-    assert_refused(&idor, StatusCode::FORBIDDEN, "scope_mismatch");
+    idor.assert_refused(StatusCode::FORBIDDEN, "scope_mismatch");
     assert_eq!(emulator.requests_to(&other_path), 0);
 
     // Forged: right claims, wrong signature. Forwarded once, then refused locally.
@@ -247,7 +230,7 @@ async fn with_unknown_upstream_genuine_tokens_are_learnt_and_forged_ones_refused
     assert_eq!(emulator.requests_to(&path), before + 1, "asked once");
     for _ in 0..5 {
         let again = api.scoped_get(&path, &forged).await;
-        assert_refused(&again, StatusCode::UNAUTHORIZED, "token_unknown");
+        again.assert_refused(StatusCode::UNAUTHORIZED, "token_unknown");
     }
     assert_eq!(
         emulator.requests_to(&path),
@@ -263,7 +246,7 @@ async fn with_unknown_upstream_genuine_tokens_are_learnt_and_forged_ones_refused
         3600,
     );
     let answer = api.scoped_get(&path, &foreign).await;
-    assert_refused(&answer, StatusCode::FORBIDDEN, "scope_mismatch");
+    answer.assert_refused(StatusCode::FORBIDDEN, "scope_mismatch");
     assert_eq!(emulator.requests_to(&path), before + 1);
 
     // Revoked stays revoked, though the upstream would still accept it.
@@ -272,7 +255,7 @@ async fn with_unknown_upstream_genuine_tokens_are_learnt_and_forged_ones_refused
         .await;
     assert_eq!(logout.status, StatusCode::NO_CONTENT);
     let revoked = api.scoped_get(&path, &token).await;
-    assert_refused(&revoked, StatusCode::UNAUTHORIZED, "token_revoked");
+    revoked.assert_refused(StatusCode::UNAUTHORIZED, "token_revoked");
     assert_eq!(emulator.requests_to(&path), before + 1);
 }
 
@@ -281,23 +264,17 @@ async fn unknown_tokens_are_checked_locally_before_the_upstream_is_asked() {
     let (emulator, _gateway, api) = stack(EmulatorOptions::default(), |_| {}).await;
     let path = "/v2/accounts/acc-1";
     let expired = mint_token(&EmulatorOptions::default(), "m-1", "acc-1", -3600);
-    assert_refused(
-        &api.scoped_get(path, &expired).await,
-        StatusCode::UNAUTHORIZED,
-        "token_expired",
-    );
+    api.scoped_get(path, &expired)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "token_expired");
     // The seed's first example: `exp` as an ISO string.
-    assert_refused(
-        &api.scoped_get(path, common::keys::SEED_STRING_EXP).await,
-        StatusCode::UNAUTHORIZED,
-        "token_malformed",
-    );
+    api.scoped_get(path, common::keys::SEED_STRING_EXP)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "token_malformed");
     for garbage in ["not-a-token", "a.b", "a.b.c.d", "x.!!!.y"] {
-        assert_refused(
-            &api.scoped_get(path, garbage).await,
-            StatusCode::UNAUTHORIZED,
-            "token_malformed",
-        );
+        api.scoped_get(path, garbage)
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, "token_malformed");
     }
     assert_eq!(emulator.requests_to(path), 0);
 }
@@ -308,7 +285,7 @@ async fn missing_or_repeated_token_headers_and_odd_paths_are_refused() {
     let gateway = TestGateway::new(&upstream.url).start().await;
     let api = Commerce::new(&gateway.url(""));
     let missing = api.send(Method::GET, "/v2/accounts/a1", &[], "").await;
-    assert_refused(&missing, StatusCode::UNAUTHORIZED, "token_missing");
+    missing.assert_refused(StatusCode::UNAUTHORIZED, "token_missing");
     let token = mint_token(&EmulatorOptions::default(), "m1", "a1", 3600);
     let twice = api
         .send(
@@ -321,7 +298,7 @@ async fn missing_or_repeated_token_headers_and_odd_paths_are_refused() {
             "",
         )
         .await;
-    assert_refused(&twice, StatusCode::UNAUTHORIZED, "token_malformed");
+    twice.assert_refused(StatusCode::UNAUTHORIZED, "token_malformed");
     for path in [
         "/v2/accounts/a1/../b2",
         "/v2/accounts/a1/%2e%2e/b2",
@@ -330,7 +307,7 @@ async fn missing_or_repeated_token_headers_and_odd_paths_are_refused() {
         let answer = api
             .send(Method::GET, path, &[(ACCOUNT_TOKEN, &token)], "")
             .await;
-        assert_refused(&answer, StatusCode::BAD_REQUEST, "path_not_normalized");
+        answer.assert_refused(StatusCode::BAD_REQUEST, "path_not_normalized");
     }
     // A CORS preflight carries no token and passes.
     let preflight = api
@@ -470,9 +447,9 @@ async fn a_switch_account_request_needs_a_valid_current_token() {
     let answer = api
         .tokens_with(switch.clone(), &[(ACCOUNT_TOKEN, &forged)])
         .await;
-    assert_refused(&answer, StatusCode::UNAUTHORIZED, "token_unknown");
+    answer.assert_refused(StatusCode::UNAUTHORIZED, "token_unknown");
     let answer = api.tokens_with(switch.clone(), &[]).await;
-    assert_refused(&answer, StatusCode::UNAUTHORIZED, "token_missing");
+    answer.assert_refused(StatusCode::UNAUTHORIZED, "token_missing");
     assert_eq!(emulator.requests_to(TOKENS), before, "not forwarded");
 
     let (member, tokens) = issued(&api.tokens(signup_data("switch@example.com", "pw")).await);

@@ -44,6 +44,25 @@ impl Answer {
                 .to_owned(),
         )
     }
+
+    /// Asserts a refusal the gateway wrote itself: `status`, a JSON:API error with `code`, and
+    /// the bearer challenge on a 401.
+    pub fn assert_refused(&self, status: StatusCode, code: &str) {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.error_code_and_pointer().0, code);
+        assert_eq!(self.json()["errors"][0]["status"], status.as_str());
+        if status == StatusCode::UNAUTHORIZED {
+            assert_eq!(
+                self.headers["www-authenticate"],
+                "Bearer realm=\"account-gate\", error=\"invalid_token\""
+            );
+        }
+    }
 }
 
 /// A client of one base URL.
