@@ -82,12 +82,12 @@ pub(super) fn apply_overrides(tree: &mut Table, env: &[(&str, &str)], report: &m
 
 /// The table at `path` in `tree`, created where missing; `None` if something on the way is not
 /// a table.
-fn table_at<'t>(tree: &'t mut Table, path: &[String]) -> Option<&'t mut Table> {
+pub(super) fn table_at<'t>(tree: &'t mut Table, path: &[impl AsRef<str>]) -> Option<&'t mut Table> {
     let Some((first, rest)) = path.split_first() else {
         return Some(tree);
     };
     match tree
-        .entry(first.as_str())
+        .entry(first.as_ref())
         .or_insert_with(|| Value::Table(Table::new()))
     {
         Value::Table(inner) => table_at(inner, rest),

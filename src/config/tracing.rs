@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+use super::env::table_at;
 use super::error::Report;
 
 /// `[tracing]`: where spans go and which requests are traced. Off unless an endpoint is set.
@@ -328,38 +329,19 @@ pub(super) fn apply_standard_variables(
                 }
             },
         };
-        if let Some(table) = tracing_table(tree, &path[..path.len() - 1]) {
-            table.insert(path[path.len() - 1].to_owned(), value);
+        let Some((key, tables)) = path.split_last() else {
+            continue;
+        };
+        if let Some(table) = table_at(tree, &[&["tracing"], tables].concat()) {
+            table.insert((*key).to_owned(), value);
         }
     }
     // `OTEL_SDK_DISABLED=true` turns every signal off, whatever else is set.
     if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-        if let Some(table) = tracing_table(tree, &[]) {
+        if let Some(table) = table_at(tree, &["tracing"]) {
             table.insert("exporter".to_owned(), Value::String("none".to_owned()));
         }
     }
-}
-
-/// `[tracing]` (and the tables under it on `path`) in `tree`, created where missing; `None` when
-/// something on the way is not a table (reported when the tree is checked).
-fn tracing_table<'t>(tree: &'t mut Table, path: &[&str]) -> Option<&'t mut Table> {
-    let mut table = match tree
-        .entry("tracing")
-        .or_insert_with(|| Value::Table(Table::new()))
-    {
-        Value::Table(t) => t,
-        _ => return None,
-    };
-    for name in path {
-        table = match table
-            .entry(*name)
-            .or_insert_with(|| Value::Table(Table::new()))
-        {
-            Value::Table(t) => t,
-            _ => return None,
-        };
-    }
-    Some(table)
 }
 
 /// `%XX` sequences decoded; `None` for a bad escape or bytes that are not UTF-8.
