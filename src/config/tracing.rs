@@ -176,62 +176,72 @@ impl PartialEq for Ratio {
 
 impl Eq for Ratio {}
 
-/// What a standard variable sets.
-enum Mapping {
-    /// The key, dotted under `[tracing]`, taking the value as a string.
-    Text(&'static [&'static str]),
-    /// The key, taking the value as a whole number of milliseconds.
-    Millis(&'static [&'static str]),
-    /// The key, taking the value as an integer.
-    Integer(&'static [&'static str]),
-    /// The key, taking the value as a number.
-    Number(&'static [&'static str]),
+/// How a standard variable's value is read.
+#[derive(Clone, Copy)]
+enum Reading {
+    /// As a string.
+    Text,
+    /// As a whole number of milliseconds.
+    Millis,
+    /// As an integer.
+    Integer,
+    /// As a number.
+    Number,
 }
 
-/// Every standard variable the gateway reads, and its key. The signal-specific variable comes
-/// after the general one, which it overrides.
-const VARIABLES: &[(&str, Mapping)] = &[
-    ("OTEL_TRACES_EXPORTER", Mapping::Text(&["exporter"])),
-    ("OTEL_EXPORTER_OTLP_ENDPOINT", Mapping::Text(&["endpoint"])),
+/// Every standard variable the gateway reads, the key it sets (under `[tracing]`) and how its
+/// value is read. The signal-specific variable comes after the general one, which it overrides.
+const VARIABLES: &[(&str, &[&str], Reading)] = &[
+    ("OTEL_TRACES_EXPORTER", &["exporter"], Reading::Text),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", &["endpoint"], Reading::Text),
     (
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        Mapping::Text(&["traces_endpoint"]),
+        &["traces_endpoint"],
+        Reading::Text,
     ),
     (
         "OTEL_EXPORTER_OTLP_CERTIFICATE",
-        Mapping::Text(&["ca_file"]),
+        &["ca_file"],
+        Reading::Text,
     ),
     (
         "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-        Mapping::Text(&["ca_file"]),
+        &["ca_file"],
+        Reading::Text,
     ),
-    ("OTEL_EXPORTER_OTLP_TIMEOUT", Mapping::Millis(&["timeout"])),
+    ("OTEL_EXPORTER_OTLP_TIMEOUT", &["timeout"], Reading::Millis),
     (
         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-        Mapping::Millis(&["timeout"]),
+        &["timeout"],
+        Reading::Millis,
     ),
-    ("OTEL_SERVICE_NAME", Mapping::Text(&["service_name"])),
+    ("OTEL_SERVICE_NAME", &["service_name"], Reading::Text),
     (
         "OTEL_RESOURCE_ATTRIBUTES",
-        Mapping::Text(&["resource_attributes"]),
+        &["resource_attributes"],
+        Reading::Text,
     ),
-    ("OTEL_TRACES_SAMPLER", Mapping::Text(&["sampler"])),
-    ("OTEL_TRACES_SAMPLER_ARG", Mapping::Number(&["sampler_arg"])),
+    ("OTEL_TRACES_SAMPLER", &["sampler"], Reading::Text),
+    ("OTEL_TRACES_SAMPLER_ARG", &["sampler_arg"], Reading::Number),
     (
         "OTEL_BSP_SCHEDULE_DELAY",
-        Mapping::Millis(&["batch", "schedule_delay"]),
+        &["batch", "schedule_delay"],
+        Reading::Millis,
     ),
     (
         "OTEL_BSP_MAX_QUEUE_SIZE",
-        Mapping::Integer(&["batch", "max_queue_size"]),
+        &["batch", "max_queue_size"],
+        Reading::Integer,
     ),
     (
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-        Mapping::Integer(&["batch", "max_export_batch_size"]),
+        &["batch", "max_export_batch_size"],
+        Reading::Integer,
     ),
     (
         "OTEL_BSP_EXPORT_TIMEOUT",
-        Mapping::Millis(&["batch", "export_timeout"]),
+        &["batch", "export_timeout"],
+        Reading::Millis,
     ),
 ];
 
@@ -288,40 +298,37 @@ pub(super) fn apply_standard_variables(
     }
     // Signal-specific variables come later in the list and override the general ones; only
     // the last one set is applied.
-    let mut chosen: Vec<(&'static [&'static str], &str, &Mapping, &str)> = Vec::new();
-    for (var, mapping) in VARIABLES {
+    let mut chosen: Vec<(&[&str], &str, Reading, &str)> = Vec::new();
+    for &(var, path, reading) in VARIABLES {
         let Some(raw) = get(var) else { continue };
-        let path = match mapping {
-            Mapping::Text(p) | Mapping::Millis(p) | Mapping::Integer(p) | Mapping::Number(p) => *p,
-        };
         chosen.retain(|(p, ..)| *p != path);
-        chosen.push((path, var, mapping, raw));
+        chosen.push((path, var, reading, raw));
     }
-    for (path, var, mapping, raw) in chosen {
+    for (path, var, reading, raw) in chosen {
         let dotted = format!("tracing.{}", path.join("."));
         if let Some(earlier) = report.set_from_env(&dotted, var) {
             report.invalid(&dotted, format!("also set by {earlier}"));
             continue;
         }
-        let value = match mapping {
+        let value = match (reading, path) {
             // Names from a fixed set are read case-insensitively, as the specification says.
-            Mapping::Text(["exporter"] | ["sampler"]) => Value::String(raw.to_ascii_lowercase()),
-            Mapping::Text(_) => Value::String(raw.to_owned()),
-            Mapping::Millis(_) => match raw.parse::<u64>() {
+            (Reading::Text, ["exporter"] | ["sampler"]) => Value::String(raw.to_ascii_lowercase()),
+            (Reading::Text, _) => Value::String(raw.to_owned()),
+            (Reading::Millis, _) => match raw.parse::<u64>() {
                 Ok(ms) => Value::String(format!("{ms}ms")),
                 Err(_) => {
                     report.invalid(&dotted, format!("{var}={raw:?}: expected milliseconds"));
                     continue;
                 }
             },
-            Mapping::Integer(_) => match raw.parse::<i64>() {
+            (Reading::Integer, _) => match raw.parse::<i64>() {
                 Ok(n) => Value::Integer(n),
                 Err(_) => {
                     report.invalid(&dotted, format!("{var}={raw:?}: expected a whole number"));
                     continue;
                 }
             },
-            Mapping::Number(_) => match raw.parse::<f64>() {
+            (Reading::Number, _) => match raw.parse::<f64>() {
                 Ok(n) => Value::Float(n),
                 Err(_) => {
                     report.invalid(&dotted, format!("{var}={raw:?}: expected a number"));
