@@ -1,5 +1,6 @@
 //! Access lines leave the request path: a stderr nobody reads costs no request (lines are
-//! dropped and counted instead), and the lines still waiting at exit are written out.
+//! dropped and counted instead), and the lines still waiting at exit are written out. They
+//! follow the level and the format like any other line, and a request id cannot forge a field.
 
 mod common;
 
@@ -28,10 +29,20 @@ fn config(upstream: &str) -> tempfile::NamedTempFile {
 fn start(
     config: &tempfile::NamedTempFile,
 ) -> (Child, BufReader<std::process::ChildStderr>, String, String) {
+    start_with(config, "info", &[])
+}
+
+/// As [`start`], with `RUST_LOG` set to `level` and `args` added after the config path.
+fn start_with(
+    config: &tempfile::NamedTempFile,
+    level: &str,
+    args: &[&str],
+) -> (Child, BufReader<std::process::ChildStderr>, String, String) {
     let mut child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(config.path())
-        .env("RUST_LOG", "info")
+        .args(args)
+        .env("RUST_LOG", level)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -48,7 +59,10 @@ fn start(
             break;
         }
     }
-    let field = |key: &str| common::process::field(&line, key);
+    let field = |key: &str| match serde_json::from_str::<serde_json::Value>(&line) {
+        Ok(json) => json[key].as_str().expect("field present").to_owned(),
+        Err(_) => common::process::field(&line, key),
+    };
     (child, stderr, field("listen"), field("admin"))
 }
 
@@ -98,9 +112,20 @@ async fn a_stderr_nobody_reads_costs_no_request() {
 async fn the_lines_still_waiting_are_written_at_exit() {
     let upstream = TestUpstream::http().await;
     let config = config(&upstream.url);
-    let (child, mut stderr, listen, _admin) = start(&config);
+    let (child, stderr, listen, _admin) = start(&config);
     load(&listen, 200, 4).await;
     // At once, within the 50 ms a batch may wait.
+    let rest = stop(child, stderr);
+    let access = rest.lines().filter(|l| l.contains(" access:")).count();
+    assert_eq!(access, 200, "{rest}");
+    assert!(
+        rest.contains("account-gate stopped"),
+        "the shutdown lines too: {rest}"
+    );
+}
+
+/// Sends SIGTERM and returns everything the process writes to stderr until it exits 0.
+fn stop(mut child: Child, mut stderr: BufReader<std::process::ChildStderr>) -> String {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -108,12 +133,70 @@ async fn the_lines_still_waiting_are_written_at_exit() {
     assert!(status.success());
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).expect("read to exit");
-    let access = rest.lines().filter(|l| l.contains(" access:")).count();
-    assert_eq!(access, 200, "{rest}");
+    assert_eq!(child.wait().expect("wait").code(), Some(0), "{rest}");
+    rest
+}
+
+#[tokio::test]
+async fn a_json_access_line_names_the_request_and_a_request_id_cannot_forge_a_field() {
+    let upstream = TestUpstream::http().await;
+    let config = config(&upstream.url);
+    let (child, stderr, listen, _admin) = start_with(&config, "info", &["--log-format", "json"]);
+    let forged = r#"id"\,"status":500,"x":"\"#;
+    let request = http::Request::get(format!("http://{listen}/v2/catalog/products?secret=1"))
+        .header("x-request-id", forged)
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(http_body_util::Full::default())
+        .expect("request");
+    let (response, _) = common::send(request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let rest = stop(child, stderr);
+    let lines: Vec<serde_json::Value> = rest
+        .lines()
+        .filter(|l| l.contains(r#""target":"access""#))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{rest}");
+    let line = &lines[0];
+    assert_eq!(line["request_id"], forged, "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(
+        (&line["method"], &line["route"], &line["outcome"]),
+        (&"GET".into(), &"passthrough".into(), &"forwarded".into()),
+        "{line}"
+    );
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(line["client"], "127.0.0.1");
+    assert_eq!(line["level"], "INFO");
+    assert!(
+        line["duration_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{line}"
+    );
+    assert!(line["upstream_ms"].as_f64().is_some(), "{line}");
+    let stamp = line["timestamp"].as_str().expect("a timestamp");
+    assert_eq!(stamp.len(), "2026-11-30T18:31:43.000042Z".len(), "{stamp}");
+    assert!(
+        !rest.contains("secret=1"),
+        "no query string is logged: {rest}"
+    );
+}
+
+#[tokio::test]
+async fn a_level_above_info_writes_no_access_line() {
+    let upstream = TestUpstream::http().await;
+    let config = config(&upstream.url);
+    // `ready` is an info line: let that one through, and nothing else at info.
+    let (child, stderr, listen, _admin) =
+        start_with(&config, "warn,account_gate=info,access=warn", &[]);
+    load(&listen, 20, 2).await;
+    let rest = stop(child, stderr);
     assert!(
         rest.contains("account-gate stopped"),
-        "the shutdown lines too: {rest}"
+        "the gateway's own info lines still come: {rest}"
     );
-    let mut child = child;
-    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    assert!(!rest.contains("access"), "{rest}");
 }

@@ -27,9 +27,10 @@ use hyper::body::Incoming;
 
 use tracing::Span;
 
-use super::{full_body, headers, is_preflight, AccessLine, Body, ALLOW_ANY, X_REQUEST_ID};
+use super::{finish, full_body, headers, is_preflight, Body, ALLOW_ANY, X_REQUEST_ID};
 use crate::answer::GatewayError;
 use crate::config::{AuthzConfig, TargetFrom};
+use crate::logging::access::{self, AccessLine};
 use crate::metrics::{Metrics, AUTHZ_ROUTE};
 use crate::scope::RouteKind;
 use crate::telemetry::{self, traced};
@@ -148,10 +149,13 @@ impl Decisions {
         };
         // An ingress that traces sends its `traceparent` along: the decision joins its trace.
         let traced = telemetry::enabled();
+        let logged = access::enabled();
         let (span, incoming_trace) = if traced {
             (decision_span(call, client, &request_id), None)
-        } else {
+        } else if logged {
             (Span::none(), telemetry::incoming_trace_id(&call.headers))
+        } else {
+            (Span::none(), None)
         };
         let mut response = match traced!(span.clone(), self.decide(call, &mut decided)) {
             Ok(response) => response,
@@ -168,18 +172,21 @@ impl Decisions {
         let status = response.status();
         self.metrics.observe_request(AUTHZ_ROUTE, status, elapsed);
         // One line per decision, as on the proxy.
-        AccessLine {
-            request_id: &request_id,
-            method: decided.method.as_ref().map_or("-", Method::as_str),
-            route: "authz",
-            status,
-            outcome: decided.outcome,
-            reason: decided.reason,
-            elapsed,
-            upstream: None,
-            client,
+        if logged || traced {
+            let line = AccessLine {
+                request_id: request_id.to_str().unwrap_or("-"),
+                method: decided.method.as_ref().map_or("-", Method::as_str),
+                route: "authz",
+                status,
+                outcome: decided.outcome,
+                reason: decided.reason,
+                elapsed,
+                upstream: None,
+                client,
+                trace_id: None,
+            };
+            finish(line, traced.then_some(&span), incoming_trace);
         }
-        .finish(traced.then_some(&span), incoming_trace);
         response
     }
 

@@ -27,6 +27,7 @@ use opentelemetry::trace::TraceId;
 use tracing::Span;
 
 use crate::answer::GatewayError;
+use crate::logging::access::{self, AccessLine};
 use crate::metrics::Metrics;
 use crate::scope::{Route, RouteKind};
 use crate::signup::{Mechanism, Outcome, Signup, SignupError, TeeBody};
@@ -188,14 +189,17 @@ impl Gateway {
         let client = headers::client_ip(peer.ip(), request.headers(), self.trusted_hops);
         let mut exchange = Exchange::default();
         let traced = telemetry::enabled();
+        let logged = access::enabled();
         // Without traces of its own, the gateway still names the caller's trace in its log.
         let (span, incoming_trace) = if traced {
             (request_span(&request, client, &request_id), None)
-        } else {
+        } else if logged {
             (
                 Span::none(),
                 telemetry::incoming_trace_id(request.headers()),
             )
+        } else {
+            (Span::none(), None)
         };
 
         let answer = traced!(
@@ -223,18 +227,21 @@ impl Gateway {
         let elapsed = started.elapsed();
         let status = response.status();
         self.metrics.observe_request(route.index(), status, elapsed);
-        AccessLine {
-            request_id: &request_id,
-            method: method.as_str(),
-            route: route.as_str(),
-            status,
-            outcome: exchange.outcome,
-            reason: exchange.reason,
-            elapsed,
-            upstream: exchange.upstream,
-            client,
+        if logged || traced {
+            let line = AccessLine {
+                request_id: request_id.to_str().unwrap_or("-"),
+                method: method.as_str(),
+                route: route.as_str(),
+                status,
+                outcome: exchange.outcome,
+                reason: exchange.reason,
+                elapsed,
+                upstream: exchange.upstream,
+                client,
+                trace_id: None,
+            };
+            finish(line, traced.then_some(&span), incoming_trace);
         }
-        .finish(traced.then_some(&span), incoming_trace);
         Ok(response)
     }
 
@@ -536,54 +543,25 @@ fn request_span(request: &Request<Incoming>, client: IpAddr, request_id: &Header
     span
 }
 
-/// What became of one request (or one decision of the authz listener): its access line, and
-/// the same on the span that traces it. Never a header value, a body or a query string: they
-/// can hold tokens, passwords and secrets.
-struct AccessLine<'a> {
-    request_id: &'a HeaderValue,
-    method: &'a str,
-    route: &'static str,
-    status: StatusCode,
-    outcome: &'static str,
-    reason: &'static str,
-    elapsed: Duration,
-    /// How long the upstream took to answer, when it was asked.
-    upstream: Option<Duration>,
-    client: IpAddr,
-}
-
-impl AccessLine<'_> {
-    /// Names the outcome on `span` (when tracing is on) and writes the line with the trace id:
-    /// the span's, or else the caller's (`incoming`). A 5xx is an error of the gateway's (or its
-    /// upstream's) and marks the span; a 4xx is the client's, and does not.
-    fn finish(&self, span: Option<&Span>, incoming: Option<TraceId>) {
-        let trace_id = match span {
-            Some(span) => {
-                span.record("http.response.status_code", self.status.as_u16());
-                span.record("account_gate.route", self.route);
-                span.record("account_gate.outcome", self.outcome);
-                span.record("account_gate.reason", self.reason);
-                if self.status.is_server_error() {
-                    span.record("otel.status_code", "error");
-                }
-                telemetry::trace_id_of(span)
+/// Names the outcome on `span` (when tracing is on) and writes the access line with the trace
+/// id: the span's, or else the caller's (`incoming`, read only when access lines are on). A 5xx
+/// is an error of the gateway's (or its upstream's) and marks the span; a 4xx is the client's,
+/// and does not.
+fn finish(mut line: AccessLine<'_>, span: Option<&Span>, incoming: Option<TraceId>) {
+    line.trace_id = match span {
+        Some(span) => {
+            span.record("http.response.status_code", line.status.as_u16());
+            span.record("account_gate.route", line.route);
+            span.record("account_gate.outcome", line.outcome);
+            span.record("account_gate.reason", line.reason);
+            if line.status.is_server_error() {
+                span.record("otel.status_code", "error");
             }
-            None => incoming,
-        };
-        tracing::info!(
-            target: "access",
-            request_id = self.request_id.to_str().unwrap_or("-"),
-            method = %self.method,
-            route = self.route,
-            status = self.status.as_u16(),
-            outcome = self.outcome,
-            reason = self.reason,
-            duration_ms = self.elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0),
-            client = %self.client,
-            trace_id = %TraceIdField(trace_id),
-        );
-    }
+            telemetry::trace_id_of(span)
+        }
+        None => incoming,
+    };
+    line.write();
 }
 
 /// The span of the call upstream: the client side of the exchange, whose context the upstream
@@ -602,18 +580,6 @@ fn upstream_span(method: &Method, (host, port): (&str, u16)) -> Span {
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
     )
-}
-
-/// A trace id in the access log: 32 hex digits, or `-`.
-struct TraceIdField(Option<TraceId>);
-
-impl std::fmt::Display for TraceIdField {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(id) => write!(f, "{id}"),
-            None => f.write_str("-"),
-        }
-    }
 }
 
 #[cfg(test)]

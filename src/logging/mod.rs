@@ -16,6 +16,8 @@
 //! and writes each batch as soon as it is woken, so at a steady few thousand lines a second it
 //! costs a wake-up (a system call) per line instead of a write.
 
+pub mod access;
+
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -40,8 +42,13 @@ const FLUSH_AT_EXIT: Duration = Duration::from_secs(2);
 
 /// Lines dropped because the buffer was full, since start.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
-/// The buffer of the installed subscriber, for [`LogGuard`].
-static LINES: OnceLock<Arc<Lines>> = OnceLock::new();
+/// Where the installed subscriber's lines go, for [`LogGuard`] and the access lines.
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+struct Sink {
+    lines: Arc<Lines>,
+    json: bool,
+}
 
 /// Lines dropped because the output could not keep up, since start.
 pub fn dropped_lines() -> u64 {
@@ -79,7 +86,10 @@ pub fn init(config: &LogConfig, telemetry: Option<&Telemetry>) -> LogGuard {
     };
     match installed {
         Ok(()) => {
-            let _ = LINES.set(buffer);
+            let _ = SINK.set(Sink {
+                lines: buffer,
+                json: config.format == LogFormat::Json,
+            });
         }
         // Another subscriber was there first: this buffer's thread has nothing to write.
         Err(_) => buffer.close(Duration::ZERO),
@@ -94,8 +104,8 @@ pub struct LogGuard(());
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        if let Some(lines) = LINES.get() {
-            lines.close(FLUSH_AT_EXIT);
+        if let Some(sink) = SINK.get() {
+            sink.lines.close(FLUSH_AT_EXIT);
         }
     }
 }
