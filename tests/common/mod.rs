@@ -84,6 +84,18 @@ impl TestGateway {
 
     /// Binds and runs the gateway; it is ready when this returns.
     pub async fn start(self) -> RunningGateway {
+        let gateway = self.spawn().await;
+        let readyz = gateway.admin_url("/readyz");
+        wait_until("gateway ready", || async {
+            get(&readyz).await.0 == StatusCode::OK
+        })
+        .await;
+        gateway
+    }
+
+    /// Binds and runs the gateway without waiting for it to be ready: its listeners are bound
+    /// when this returns.
+    pub async fn spawn(self) -> RunningGateway {
         let mut server = Server::bind_with_tls(self.config, self.listener_tls)
             .await
             .expect("gateway binds");
@@ -99,7 +111,7 @@ impl TestGateway {
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        let gateway = RunningGateway {
+        RunningGateway {
             addr,
             admin_addr,
             authz_addr,
@@ -107,12 +119,7 @@ impl TestGateway {
             reloader,
             stop: Some(stop),
             task,
-        };
-        wait_until("gateway ready", || async {
-            get(&format!("http://{admin_addr}/readyz")).await.0 == StatusCode::OK
-        })
-        .await;
-        gateway
+        }
     }
 }
 
