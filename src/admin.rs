@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use arc_swap::ArcSwap;
 
 use crate::answer::json_api_error;
+use crate::config::UnknownTokens;
 use crate::generation::Generation;
 use crate::metrics::Metrics;
 use crate::proxy::{full_body, Body};
@@ -60,7 +61,9 @@ pub struct Admin {
     /// The current generation: its verifier keeps the verified-cache counters that `/metrics`
     /// exports, and its admin API (when an admin token is configured) answers `/members/…`.
     pub current: Arc<ArcSwap<Generation>>,
-    /// Pinged for `/readyz`'s body and the `store_up` gauge (never for readiness itself).
+    /// Pinged for `/readyz`'s body and the `store_up` gauge (never for readiness itself); with
+    /// Redis, the first load of its deny-list replica is part of readiness
+    /// (`Admin::not_ready_reason`).
     pub store: Arc<Store>,
 }
 
@@ -117,8 +120,9 @@ impl Admin {
             "/readyz" => {
                 // The store's health is reported, never followed: a Redis outage narrows what
                 // the gateway can decide, but it must not take every replica out of service.
-                let store = if self.store_up().await { "up" } else { "down" };
-                match self.health.not_ready_reason() {
+                let up = self.store_up().await;
+                let store = if up { "up" } else { "down" };
+                match self.not_ready_reason(&generation, up) {
                     None => json(
                         StatusCode::OK,
                         format!(r#"{{"status":"ready","store":"{store}"}}"#),
@@ -142,6 +146,35 @@ impl Admin {
 }
 
 impl Admin {
+    /// `None` when ready, else why not: the gateway's own state ([`Health`]), then whether
+    /// this replica, with the Redis store, is still loading its copy of the deny-list.
+    ///
+    /// Until its first load a replica lacks the members' folded revocations, so it answers 503
+    /// `store_unavailable` to every token whose signature or deferral needs them (after waiting
+    /// `command_timeout` for the load): tokens a loaded replica decides. While Redis answers,
+    /// that load is seconds of this pod's own start-up, like binding its listeners, and traffic
+    /// is better sent elsewhere until it is done. While Redis does not answer, there is nothing
+    /// to wait for that this pod controls: as for any outage, the store is reported and
+    /// readiness does not follow it (a fleet restarted during an outage, or a sidecar's
+    /// storefront, must not be kept out of service by it). Once loaded, the copy is never
+    /// dropped, so this never makes a pod unready again. In `issued` mode with `unknown =
+    /// "reject"` nothing reads the folded revocations, and an unloaded replica asks Redis about
+    /// revocations: it decides as a loaded one does, and is not held back.
+    fn not_ready_reason(&self, generation: &Generation, store_up: bool) -> Option<&'static str> {
+        if let Some(reason) = self.health.not_ready_reason() {
+            return Some(reason);
+        }
+        let tokens = &generation.config.tokens;
+        let reads_folded =
+            tokens.mode.checks_signatures() || tokens.unknown == UnknownTokens::Upstream;
+        match &*self.store {
+            Store::Redis(store) if reads_folded && store_up && !store.revocations_loaded() => {
+                Some("revocations_loading")
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the token store answers now (a bounded ping), also set as `store_up`.
     async fn store_up(&self) -> bool {
         let up = self.store.ping().await.is_ok();

@@ -51,7 +51,7 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
         }
         return ExitCode::FAILURE;
     }
-    let mut config = loaded.config;
+    let (mut config, listener_tls) = (loaded.config, loaded.listener_tls);
     if let Some(format) = log_format {
         config.log.format = format;
     }
@@ -78,7 +78,7 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
             flavor = %if workers == 1 { "current_thread" } else { "multi_thread" },
             "runtime"
         );
-        let server = match Server::bind(config).await {
+        let server = match Server::bind_with_tls(config, listener_tls).await {
             Ok(server) => server.with_config_file(path.to_owned()),
             Err(error) => {
                 tracing::error!(%error, "cannot start");

@@ -23,8 +23,8 @@ use crate::StartError;
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub store: Arc<Store>,
-    /// The data listener's TLS settings (`[server.tls]`): each reload reads the certificate
-    /// files again and swaps them in for new handshakes.
+    /// The data listener's TLS settings (`[server.tls]`): each reload swaps in the settings
+    /// built from the certificate files while validating it, for new handshakes.
     pub listener_tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
 }
 
@@ -56,11 +56,6 @@ impl Generation {
         previous: Option<&Generation>,
     ) -> Result<Generation, StartError> {
         let upstream = Upstream::new(&config.upstream)?;
-        let listener_tls = match (&shared.listener_tls, &config.server.tls, previous) {
-            // At start the listener's settings were just built from these files.
-            (Some(_), Some(tls), Some(_)) => Some(Arc::new(crate::tls::server_config(tls)?)),
-            _ => None,
-        };
         let settings = config
             .tokens
             .mode
@@ -109,10 +104,6 @@ impl Generation {
             shared.store.clone(),
             shared.metrics.clone(),
         );
-        if let (Some(handle), Some(next)) = (&shared.listener_tls, listener_tls) {
-            // Only once everything else built: a reload that fails keeps the old certificate.
-            handle.store(next);
-        }
         let decisions = Arc::new(Decisions::new(
             validator.clone(),
             &config.authz,

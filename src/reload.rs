@@ -117,6 +117,18 @@ impl Reloader {
         }
         let old = self.current.load_full();
         let mut config = loaded.config;
+        // The listener's TLS settings are the ones loading built while validating the files. If
+        // `[server.tls]` names other files now, the listener keeps its own (only a restart
+        // applies new ones), whose contents are read again.
+        let listener_tls = match (&self.shared.listener_tls, &old.config.server.tls) {
+            (Some(_), Some(running)) => match loaded.listener_tls {
+                Some(built) if config.server.tls.as_ref() == Some(running) => Some(built),
+                _ => Some(Arc::new(
+                    crate::tls::server_config(running).map_err(StartError::from)?,
+                )),
+            },
+            _ => None,
+        };
         let mut restart_needed = keep_fixed(&old.config, &mut config);
         // The Redis connections were made with the password the store was built with; a
         // rotated password file reaches them only through a restart.
@@ -124,6 +136,10 @@ impl Reloader {
             restart_needed.push("store.redis_password_file (its content)");
         }
         let next = Generation::build(config, &self.shared, Some(&old)).await?;
+        // Only once everything else built: a reload that fails keeps the old certificate.
+        if let (Some(handle), Some(tls)) = (&self.shared.listener_tls, listener_tls) {
+            handle.store(tls);
+        }
         self.current.store(Arc::new(next));
         Ok(Reloaded { restart_needed })
     }

@@ -81,6 +81,16 @@ pub struct Server {
 impl Server {
     /// Binds the data and admin listeners and builds the first generation.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        Self::bind_with_tls(config, None).await
+    }
+
+    /// As [`bind`](Server::bind), serving `listener_tls` on the data listener: the settings
+    /// built when the configuration was loaded ([`Loaded::listener_tls`](crate::config::Loaded)).
+    /// `None` builds them from `[server.tls]`.
+    pub async fn bind_with_tls(
+        config: Config,
+        listener_tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new()?);
         let listener = bind(config.server.listen).await?;
         let admin_listener = bind(config.server.admin_listen).await?;
@@ -89,11 +99,12 @@ impl Server {
             None => None,
         };
         let store = Arc::new(build_store(&config, &metrics)?);
-        let listener_tls = match &config.server.tls {
-            Some(tls) => Some(Arc::new(ArcSwap::from_pointee(crate::tls::server_config(
+        let listener_tls = match (&config.server.tls, listener_tls) {
+            (None, _) => None,
+            (Some(_), Some(built)) => Some(Arc::new(ArcSwap::new(built))),
+            (Some(tls), None) => Some(Arc::new(ArcSwap::from_pointee(crate::tls::server_config(
                 tls,
             )?))),
-            None => None,
         };
         let shared = Shared {
             metrics,

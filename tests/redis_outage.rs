@@ -329,3 +329,95 @@ async fn a_replica_started_after_a_revocation_refuses_it_even_once_redis_is_gone
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A gateway on `redis_url` in signature mode, spawned without waiting for it to be ready.
+async fn spawned(
+    upstream: &EmulatorHandle,
+    redis: &TestRedis,
+    redis_url: &str,
+    secret: &tempfile::NamedTempFile,
+) -> RunningGateway {
+    TestGateway::new(&upstream.url())
+        .configure(|c: &mut Config| {
+            redis.configure(c);
+            c.store.redis_url = Some(redis_url.to_owned());
+            c.store.command_timeout = std::time::Duration::from_millis(100);
+            c.tokens.mode = TokenMode::Signature;
+            c.tokens.signature.hs256_secret_file = Some(secret.path().to_owned());
+        })
+        .spawn()
+        .await
+}
+
+/// `/readyz`: its status, its body's `reason` (empty when ready) and `store`.
+async fn readiness(gateway: &RunningGateway) -> (StatusCode, String, String) {
+    let (status, body) = get(&gateway.admin_url("/readyz")).await;
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let field = |name: &str| body[name].as_str().unwrap_or_default().to_owned();
+    (status, field("reason"), field("store"))
+}
+
+#[tokio::test]
+async fn a_replica_is_not_ready_while_its_revocations_load_but_ready_through_an_outage() {
+    let Some(redis) = TestRedis::try_start().await else {
+        return;
+    };
+    // A first load that cannot complete while Redis answers, as a long one would look: the
+    // sorted set is a string for now, so every read of it fails (WRONGTYPE) and is retried.
+    let set = "account-gate:revocations";
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(set)
+        .arg("not a sorted set")
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let (upstream, secret) = (emulator().await, secret_file());
+    // A token the upstream signed, never seen by a gateway.
+    let (_, account, signed) = sign_up(&Commerce::new(&upstream.url()), "ann@example.com").await;
+    let path = format!("/v2/accounts/{account}");
+    let gw = spawned(&upstream, &redis, &redis.url(), &secret).await;
+    let api = Commerce::new(&gw.url(""));
+
+    // Listening and Redis up, but kept out of service: that token would get a 503.
+    let loading = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "revocations_loading".to_owned(),
+        "up".to_owned(),
+    );
+    wait_until("the gateway reports its revocations loading", || async {
+        readiness(&gw).await == loading
+    })
+    .await;
+    assert!(!redis_store(&gw).revocations_loaded());
+    let answer = api.scoped_get(&path, &signed).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code(&answer), "store_unavailable");
+
+    // A replica whose Redis does not answer is not waiting on a load of its own: as through
+    // any outage, it is ready and reports the store down.
+    let refused = format!("redis://{}", common::upstream::refused_addr().await);
+    let cut_off = spawned(&upstream, &redis, &refused, &secret).await;
+    wait_until("the cut-off gateway is ready, its store down", || async {
+        readiness(&cut_off).await == (StatusCode::OK, String::new(), "down".to_owned())
+    })
+    .await;
+    assert!(!redis_store(&cut_off).revocations_loaded());
+
+    // The set is readable again: the next try loads it, and the replica turns ready.
+    let _: () = redis::cmd("DEL")
+        .arg(set)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    common::eventually(
+        "ready once the revocations are loaded",
+        std::time::Duration::from_secs(30),
+        || async { readiness(&gw).await.0 == StatusCode::OK },
+    )
+    .await;
+    assert!(redis_store(&gw).revocations_loaded());
+    assert_eq!(api.scoped_get(&path, &signed).await.status, StatusCode::OK);
+    gw.shutdown().await;
+    cut_off.shutdown().await;
+}

@@ -395,6 +395,46 @@ async fn in_either_mode_a_token_no_key_can_verify_is_asked_about_each_time_never
 }
 
 #[tokio::test]
+async fn in_either_mode_a_bad_signature_under_a_known_kid_is_refused_never_deferred() {
+    // The JWKS holds `k1`. A token naming `k1` but signed with another key is a forgery that
+    // key can decide on: refused as `bad_signature`, never shown to the upstream. Only a kid
+    // no key answers to takes the unknown-token path.
+    let upstream = TestUpstream::http().await;
+    let key = TestKey::rsa_a();
+    let jwks = JwksServer::start(&[(&key, "k1")]).await;
+    let gateway = gateway(&upstream, &["RS256"], |c| {
+        c.tokens.mode = TokenMode::Either;
+        c.tokens.signature.jwks_url = Some(jwks.url.clone());
+    })
+    .await;
+    let path = "/v2/accounts/account-1";
+    let forged = TestKey::rsa_b().token(Some("k1"));
+    let tampered = tampered(&key.token(Some("k1")));
+    for (name, token) in [("another key", &forged), ("tampered", &tampered)] {
+        let answer = get(&gateway, path, token).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{name}");
+        assert_eq!(code(&answer), "bad_signature", "{name}");
+    }
+    assert_eq!(upstream.calls(), 0, "the upstream saw no forgery");
+    let rejected =
+        r#"account_gate_token_validations_total{outcome="rejected",reason="bad_signature"}"#;
+    assert_eq!(gateway.sample(rejected).await, 2.0);
+
+    let unknown_kid = TestKey::rsa_b().token(Some("rotated-away"));
+    assert_eq!(
+        get(&gateway, path, &unknown_kid).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(upstream.calls(), 1, "the upstream judges the unknown kid");
+    assert_eq!(
+        get(&gateway, path, &key.token(Some("k1"))).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(upstream.calls(), 2);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn jwks_freshness_and_failures_are_exported() {
     let upstream = TestUpstream::http().await;
     let key = TestKey::rsa_a();

@@ -246,6 +246,44 @@ async fn a_rotated_certificate_is_used_for_new_handshakes_without_a_restart() {
 }
 
 #[tokio::test]
+async fn certificate_files_renamed_in_a_reload_need_a_restart_and_the_running_ones_stay_in_force() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (old, other, renewed) = (Pki::new(), Pki::new(), Pki::new());
+    server_files(dir.path(), &old);
+    let upstream = TestUpstream::http().await;
+    let gateway = tls_gateway(dir.path(), &upstream, "").await;
+    let client = |pki: &Pki| client_config(&pki.ca_pem, None, b"http/1.1");
+
+    // The configuration now names other files, holding another certificate.
+    let (cert, key) = other.leaf(&["127.0.0.1", "localhost"]);
+    let (cert_path, key_path) = (dir.path().join("other.crt"), dir.path().join("other.key"));
+    write(&cert_path, &cert);
+    write(&key_path, &key);
+    let tls = format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert_path.display(),
+        key_path.display()
+    );
+    write(
+        &dir.path().join("account-gate.toml"),
+        &config_text(&upstream.url, &tls),
+    );
+    let reloader = gateway.reloader.as_ref().expect("reloader");
+    let reloaded = reloader.reload().await.expect("reload");
+    assert_eq!(reloaded.restart_needed, ["server.tls"]);
+    assert!(get_tls(&gateway, client(&old), "/").await.is_ok());
+    assert!(get_tls(&gateway, client(&other), "/").await.is_err());
+
+    // The files the listener runs with are still watched and read again when they change.
+    server_files(dir.path(), &renewed);
+    wait_until("the running files' new certificate is served", || async {
+        get_tls(&gateway, client(&renewed), "/").await.is_ok()
+    })
+    .await;
+    assert!(get_tls(&gateway, client(&other), "/").await.is_err());
+}
+
+#[tokio::test]
 async fn mutual_tls_refuses_clients_without_a_certificate_of_the_client_ca() {
     let dir = tempfile::tempdir().expect("dir");
     let (server_pki, client_pki, other_pki) = (Pki::new(), Pki::new(), Pki::new());

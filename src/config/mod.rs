@@ -227,6 +227,9 @@ pub struct Loaded {
     pub config: Config,
     /// Problems that do not stop the gateway, one sentence each, prefixed with their key.
     pub warnings: Vec<String>,
+    /// The data listener's TLS settings, built from `[server.tls]`'s files while validating
+    /// them: the gateway serves these rather than reading the files a second time.
+    pub listener_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// Loads the file at `path` with overrides from the process environment.
@@ -269,10 +272,17 @@ pub fn from_toml_str(text: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigE
             .find(|(k, _)| *k == name)
             .map(|(_, v)| OsString::from(v))
     };
-    let config = validate::validate(file, &lookup, &mut report);
+    let validated = validate::validate(file, &lookup, &mut report);
     let warnings = report.finish()?;
-    match config {
-        Some(config) => Ok(Loaded { config, warnings }),
+    match validated {
+        Some(validate::Validated {
+            config,
+            listener_tls,
+        }) => Ok(Loaded {
+            config,
+            warnings,
+            listener_tls,
+        }),
         // validate returns None only after reporting an error, which finish() has returned.
         None => Err(ConfigError::Invalid {
             key: "upstream.url".to_owned(),

@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
@@ -17,13 +18,21 @@ use super::{AdminConfig, Config, SecretRef};
 /// `Instant::now() + d` can never overflow.
 pub(super) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// A configuration that passed validation, with what validation built to check it.
+pub(super) struct Validated {
+    pub(super) config: Config,
+    /// The data listener's TLS settings, built from `[server.tls]`'s files; `None` without
+    /// `[server.tls]` or when one of its files cannot be read (a warning).
+    pub(super) listener_tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// Checks `file`, records problems and warnings in `report`, and returns the configuration if
 /// there were no problems. `lookup` reads environment variables for the secret-reference warning.
 pub(super) fn validate(
     file: FileConfig,
     lookup: &dyn Fn(&str) -> Option<OsString>,
     report: &mut Report,
-) -> Option<Config> {
+) -> Option<Validated> {
     let (s, u) = (&file.server, &file.upstream);
 
     // hyper panics on a header buffer under 8 KiB; the others would refuse every request.
@@ -154,8 +163,11 @@ pub(super) fn validate(
             .ok(),
     };
 
+    let mut listener_tls = None;
     if let Some(tls) = &s.tls {
-        // Built here as at start, so that `check-config` and a reload catch a bad PEM too.
+        // Built here, so that `check-config` and a reload catch a bad PEM too; what is built is
+        // what the listener then serves (`Loaded::listener_tls`), not a second reading of files
+        // that may have changed in between.
         // A file not there (yet) is a mounted Secret's business, like a missing secret: a
         // warning for `check-config`, and at start or reload an error that keeps the gateway
         // (or the old certificate) from using it. A file there but unusable is invalid.
@@ -178,8 +190,11 @@ pub(super) fn validate(
                     path.display()
                 ),
             );
-        } else if let Err(error) = crate::tls::server_config(tls) {
-            report.invalid("server.tls", error.to_string());
+        } else {
+            match crate::tls::server_config(tls) {
+                Ok(built) => listener_tls = Some(Arc::new(built)),
+                Err(error) => report.invalid("server.tls", error.to_string()),
+            }
         }
     }
 
@@ -213,7 +228,10 @@ pub(super) fn validate(
         }
     }
 
-    Some(file.into_config(url?, admin))
+    Some(Validated {
+        config: file.into_config(url?, admin),
+        listener_tls,
+    })
 }
 
 /// `[signup]`, `[rate_limit]`, `[store]` and `[tokens]`.

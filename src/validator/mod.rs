@@ -240,17 +240,18 @@ impl Validator {
             }
             (TokenMode::Signature, _) => match self.verify(token, fingerprint).await {
                 Ok(identity) => (identity, "signature"),
-                Err(rejection) => return self.rejected(rejection),
+                Err(unverified) => return self.rejected(unverified.rejection()),
             },
             (TokenMode::Either, None) => match self.verify(token, fingerprint).await {
                 Ok(identity) => (identity, "signature"),
-                // No key could decide: treat it as unknown rather than forged.
-                Err(Rejection::Unauthorized(code)) if code == TokenError::UnknownKey.code() => {
+                // No key could decide: treat it as unknown rather than forged. A signature a
+                // known key refuses is a forgery, and never reaches the upstream.
+                Err(Unverified::NoKey) => {
                     return self
                         .unknown(token, fingerprint, binding, learns, store_down)
                         .await
                 }
-                Err(rejection) => return self.rejected(rejection),
+                Err(Unverified::Refused(rejection)) => return self.rejected(rejection),
             },
             (TokenMode::Both, None) if store_down => {
                 return self.rejected(Rejection::StoreUnavailable)
@@ -260,7 +261,7 @@ impl Validator {
             }
             (TokenMode::Both, Some(record)) => match self.verify(token, fingerprint).await {
                 Ok(_) => (identity_of(record), "issued_and_signature"),
-                Err(rejection) => return self.rejected(rejection),
+                Err(unverified) => return self.rejected(unverified.rejection()),
             },
         };
         let claimed = bound(
@@ -295,17 +296,18 @@ impl Validator {
 
     /// Verifies the signature with the configured keys, then that the member's folded
     /// revocations do not cover the token.
-    async fn verify(&self, token: &str, fingerprint: Fingerprint) -> Result<Identity, Rejection> {
+    async fn verify(&self, token: &str, fingerprint: Fingerprint) -> Result<Identity, Unverified> {
         // The configuration refuses signature modes without keys; refuse rather than accept.
         let Some(verifier) = &self.verifier else {
-            return Err(Rejection::Unauthorized(TokenError::UnknownKey.code()));
+            return Err(Unverified::NoKey);
         };
-        let verified = verifier
-            .verify(token)
-            .await
-            .map_err(|error| Rejection::Unauthorized(error.code()))?;
+        let verified = verifier.verify(token).await.map_err(|error| match error {
+            TokenError::UnknownKey => Unverified::NoKey,
+            error => Unverified::Refused(Rejection::Unauthorized(error.code())),
+        })?;
         self.folded(verified.member_id.as_deref(), verified.issued_at)
-            .await?;
+            .await
+            .map_err(Unverified::Refused)?;
         Ok(Identity {
             fingerprint,
             account_id: verified.account_id,
@@ -405,6 +407,30 @@ fn check_span() -> tracing::Span {
         account_gate.token.outcome = tracing::field::Empty,
         account_gate.token.reason = tracing::field::Empty,
     )
+}
+
+/// Why [`Validator::verify`] did not vouch for a token. Told apart by type, not by the answer's
+/// `code`: to a client both an unknown key and a bad signature read `bad_signature`, but only
+/// the first may fall back to the unknown-token path in `either` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unverified {
+    /// No configured key could decide: the token's `kid` is unknown (even after a JWKS
+    /// refetch), no key of its algorithm family is configured, or there is no verifier.
+    NoKey,
+    /// Refused: a signature a configured key rejects, a bad claim, a folded revocation, or a
+    /// store that cannot be asked.
+    Refused(Rejection),
+}
+
+impl Unverified {
+    /// The refusal where a signature is required: a token no key can vouch for is refused as
+    /// `bad_signature`, like a forged one.
+    fn rejection(self) -> Rejection {
+        match self {
+            Unverified::NoKey => Rejection::Unauthorized(TokenError::UnknownKey.code()),
+            Unverified::Refused(rejection) => rejection,
+        }
+    }
 }
 
 /// The identity of an issued token's record.

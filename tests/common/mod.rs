@@ -32,6 +32,8 @@ use tokio::task::JoinHandle;
 pub struct TestGateway {
     config: Config,
     config_file: Option<std::path::PathBuf>,
+    /// The listener's TLS settings built when the file was loaded, used as `account-gate run` uses them.
+    listener_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A gateway running in this process.
@@ -59,6 +61,7 @@ impl TestGateway {
         TestGateway {
             config,
             config_file: None,
+            listener_tls: None,
         }
     }
 
@@ -69,6 +72,7 @@ impl TestGateway {
         TestGateway {
             config: loaded.config,
             config_file: Some(path.to_owned()),
+            listener_tls: loaded.listener_tls,
         }
     }
 
@@ -80,7 +84,21 @@ impl TestGateway {
 
     /// Binds and runs the gateway; it is ready when this returns.
     pub async fn start(self) -> RunningGateway {
-        let mut server = Server::bind(self.config).await.expect("gateway binds");
+        let gateway = self.spawn().await;
+        let readyz = gateway.admin_url("/readyz");
+        wait_until("gateway ready", || async {
+            get(&readyz).await.0 == StatusCode::OK
+        })
+        .await;
+        gateway
+    }
+
+    /// Binds and runs the gateway without waiting for it to be ready: its listeners are bound
+    /// when this returns.
+    pub async fn spawn(self) -> RunningGateway {
+        let mut server = Server::bind_with_tls(self.config, self.listener_tls)
+            .await
+            .expect("gateway binds");
         if let Some(path) = self.config_file {
             server = server.with_config_file(path);
         }
@@ -93,7 +111,7 @@ impl TestGateway {
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        let gateway = RunningGateway {
+        RunningGateway {
             addr,
             admin_addr,
             authz_addr,
@@ -101,12 +119,7 @@ impl TestGateway {
             reloader,
             stop: Some(stop),
             task,
-        };
-        wait_until("gateway ready", || async {
-            get(&format!("http://{admin_addr}/readyz")).await.0 == StatusCode::OK
-        })
-        .await;
-        gateway
+        }
     }
 }
 
