@@ -55,7 +55,12 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
     if let Some(format) = log_format {
         config.log.format = format;
     }
-    let (runtime, workers) = match runtime(config.server.worker_threads) {
+    // The caller's thread is the first serving thread (see `server`): a single-threaded
+    // runtime, which also runs the admin listener, reloads and the store's background work.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the runtime: {error}");
@@ -73,11 +78,6 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
     // Dropped last, when `run` returns: the last lines are written out before the exit.
     let _logs = logging::init(&config.log, telemetry.as_ref());
     runtime.block_on(async move {
-        tracing::info!(
-            worker_threads = workers,
-            flavor = %if workers == 1 { "current_thread" } else { "multi_thread" },
-            "runtime"
-        );
         let server = match Server::bind_with_tls(config, listener_tls).await {
             Ok(server) => server.with_config_file(path.to_owned()),
             Err(error) => {
@@ -138,42 +138,10 @@ pub fn demo(addrs: DemoAddrs) -> ExitCode {
     })
 }
 
-/// How many worker threads `server.worker_threads = configured` means on a machine where this
-/// process may use `available` CPUs: `configured` itself, or for 0 one per available CPU.
-pub fn worker_count(configured: usize, available: usize) -> usize {
-    match configured {
-        0 => available.max(1),
-        n => n,
-    }
-}
-
-/// The CPUs this process may really use: its affinity mask and its cgroup's CPU quota (a
-/// container limited to 1.5 CPUs gets 1), as the standard library reads them.
-fn available_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-}
-
-/// A tokio runtime for `server.worker_threads = configured`: one worker thread is a
-/// current-thread runtime, which on one core serves about 10 % more requests than a
-/// multi-thread runtime of one worker (no work-stealing, no cross-thread wake-ups); more are a
-/// multi-thread runtime.
-fn runtime(configured: usize) -> std::io::Result<(tokio::runtime::Runtime, usize)> {
-    let workers = worker_count(configured, available_cpus());
-    let mut builder = match workers {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(n);
-            builder
-        }
-    };
-    Ok((builder.enable_all().build()?, workers))
-}
-
 #[cfg(feature = "emulator")]
 fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match runtime(0) {
-        Ok((runtime, _)) => runtime.block_on(future),
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(future),
         Err(error) => {
             eprintln!("cannot start the runtime: {error}");
             ExitCode::FAILURE
@@ -201,19 +169,5 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::worker_count;
-
-    #[test]
-    fn zero_workers_means_one_per_available_cpu() {
-        assert_eq!(worker_count(0, 1), 1);
-        assert_eq!(worker_count(0, 6), 6);
-        assert_eq!(worker_count(0, 0), 1);
-        assert_eq!(worker_count(3, 8), 3);
-        assert_eq!(worker_count(1, 8), 1);
     }
 }

@@ -229,10 +229,11 @@ fn version_names_the_release_and_the_git_revision() {
     }
 }
 
-/// `worker_threads = 0` takes the CPUs the process may really use: pinned to one, it runs a
-/// single-threaded runtime.
+/// `worker_threads = 0` takes the CPUs the process may really use, a serving thread each: pinned
+/// to one, it serves from the one thread; unpinned, from one per CPU, each on a socket of its
+/// own, and every connection is answered whichever socket the kernel gives it to.
 #[tokio::test]
-async fn one_available_cpu_gets_a_current_thread_runtime() {
+async fn worker_threads_follow_the_available_cpus() {
     if Command::new("taskset").arg("-V").output().is_err() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -251,19 +252,37 @@ async fn one_available_cpu_gets_a_current_thread_runtime() {
     let mut pinned = Command::new("taskset");
     pinned.args(["-c", "0", BIN]);
     let gateway = Process::spawn_command(pinned, &["run", "--config", &path], &[]);
-    let line = Process::wait_for_line(&gateway.stderr, " runtime");
-    assert_eq!(field(&line, "worker_threads"), "1", "{line}");
-    assert_eq!(field(&line, "flavor"), "current_thread", "{line}");
     let ready = Process::wait_for_line(&gateway.stderr, "account-gate ready");
+    assert_eq!(field(&ready, "threads"), "1", "{ready}");
+    assert_eq!(serving_threads(&gateway), 0, "only the main thread serves");
     let listen = field(&ready, "listen");
     assert_eq!(
         get(&format!("http://{listen}/anything")).await.0,
         StatusCode::OK
     );
 
-    // Unpinned, it takes every CPU it may use.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let gateway = Process::spawn(&["run", "--config", &path]);
-    let line = Process::wait_for_line(&gateway.stderr, " runtime");
-    assert_eq!(field(&line, "worker_threads"), cpus.to_string(), "{line}");
+    let ready = Process::wait_for_line(&gateway.stderr, "account-gate ready");
+    assert_eq!(field(&ready, "threads"), cpus.to_string(), "{ready}");
+    assert_eq!(serving_threads(&gateway), cpus - 1);
+    // Each request on a connection of its own: the kernel picks a socket per connection.
+    let listen = field(&ready, "listen");
+    for _ in 0..32 {
+        let request = http::Request::get(format!("http://{listen}/anything"))
+            .header("connection", "close")
+            .body(http_body_util::Full::default())
+            .expect("request");
+        assert_eq!(common::send(request).await.0.status(), StatusCode::OK);
+    }
+    assert_eq!(upstream.calls(), 33);
+}
+
+/// The process's threads named `serve-N`: the serving threads besides the main one.
+fn serving_threads(process: &Process) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", process.child.id())).expect("tasks");
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("serve-"))
+        .count()
 }

@@ -25,8 +25,10 @@ require() { # tool...
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # A benchmark gateway's configuration on stdout: the default runtime (pinned to one core, that
-# is one worker thread), no reload polling, warn logs, and rate limits off (nginx and HAProxy have none here, and the soak's sign-ups come from
-# one address: the benchmarks measure the checks, not the limits). Extra TOML last.
+# is one worker thread), no reload polling, logs at $GATE_LOG_LEVEL (`warn`, no access lines,
+# unless set; the default configuration is `info`), and rate limits off (nginx and HAProxy have
+# none here, and the soak's sign-ups come from one address: the benchmarks measure the checks,
+# not the limits). Extra TOML last.
 gate_toml() { # listen_port admin_port upstream_url extra_toml
   cat <<TOML
 [server]
@@ -36,7 +38,7 @@ config_poll_interval = "0s"
 [upstream]
 url = "$3"
 [log]
-level = "warn"
+level = "${GATE_LOG_LEVEL:-warn}"
 [rate_limit]
 signup_per_ip = 0
 signup_per_username = 0
@@ -95,4 +97,11 @@ http {
   }
 }
 NGINX
+}
+
+# A named pipe $work/NAME.pipe that a `cat` on the load core drains, as a container runtime
+# drains a process's stderr.
+drained_pipe() { # name
+  mkfifo "$work/$1.pipe"
+  taskset -c "$LOAD_CPU" cat "$work/$1.pipe" > /dev/null & pids+=($!)
 }

@@ -7,6 +7,9 @@
 #   ROUNDS=5 DURATION=10 CONNS=64 benches/load/run.sh
 #   BASE_BIN=/path/to/older/account-gate benches/load/run.sh   # plus that build's issued-mode
 #                                       # GET and sign-up rows, and this build's ratio to it
+#   PROXY_CPU=0,1 LOAD_CPU=0,1 benches/load/run.sh   # every proxy on two cores (nginx with two
+#                                       # workers, HAProxy two threads, the gateway its default
+#                                       # runtime for two), sharing them with wrk and the upstream
 #
 # One nginx serves a static JSON answer as the upstream. In front of it, each on the SAME single
 # core (taskset -c 0): nginx plain proxy_pass (no validation), HAProxy with jwt_verify doing the
@@ -14,6 +17,11 @@
 # account-gate (issued mode, HS256 signature mode, RS256 signature mode). wrk and the upstream
 # share the other core. Rounds alternate the targets. Everything listens on 127.0.0.1 and every
 # wrk run stops by itself after DURATION seconds.
+#
+# Every proxy runs as shipped, logging a line per request (LOGS=1, the default): the gateway at
+# its default level `info` (its access line), nginx with `access_log` in its default format,
+# HAProxy with `option httplog` to stderr; each one's stderr is a pipe drained by `cat` on the
+# load core. LOGS=0 turns every proxy's request log off (the gateway at `warn`).
 #
 # Writes benches/results/load.json and benches/results/load.svg; prints the table (req/s, p50,
 # p99, and the CPU time each proxy spent per request, in user space and in the kernel) and the
@@ -26,6 +34,10 @@ CONNS=${CONNS:-32}
 BASE_BIN=${BASE_BIN:-}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+LOGS=${LOGS:-1}
+# How many cores the proxies and the load get: nginx workers, HAProxy threads, wrk threads.
+PROXY_CORES=$(echo "$PROXY_CPU" | tr ',' '\n' | wc -l)
+LOAD_CORES=$(echo "$LOAD_CPU" | tr ',' '\n' | wc -l)
 
 . benches/load/common.sh
 install_missing nginx haproxy wrk taskset python3 curl
@@ -48,14 +60,23 @@ UP=$(port); NGX=$(port); HA_HS=$(port); HA_RS=$(port)
 GW_ISSUED=$(port); GW_HS=$(port); GW_RS=$(port)
 
 upstream_nginx_conf "$UP" "$work" "$HS_TOKEN" "$MEMBER" "$ACCOUNT" > "$work/nginx-upstream.conf"
+if [ "$LOGS" = 1 ]; then
+  export GATE_LOG_LEVEL=info
+  nginx_access="access_log /dev/stderr;"
+  haproxy_log="log stderr format raw local0"
+else
+  export GATE_LOG_LEVEL=warn
+  nginx_access="access_log off;"
+  haproxy_log=""
+fi
 cat > "$work/nginx-proxy.conf" <<NGINX
-worker_processes 1;
+worker_processes $PROXY_CORES;
 daemon off;
 pid $work/proxy.pid;
 error_log $work/proxy-error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  $nginx_access
   upstream origin { server 127.0.0.1:$UP; keepalive 64; }
   server {
     listen 127.0.0.1:$NGX;
@@ -90,10 +111,13 @@ HA
 {
   cat <<HA
 global
-  nbthread 1
+  nbthread $PROXY_CORES
   maxconn 8192
+  $haproxy_log
 defaults
   mode http
+  log global
+  option httplog
   timeout connect 5s
   timeout client 30s
   timeout server 30s
@@ -125,18 +149,21 @@ algorithms = [\"RS256\"]
 public_key_file = \"$work/rsa.pub.pem\""
 
 taskset -c "$LOAD_CPU" nginx -c "$work/nginx-upstream.conf" -p "$work" & pids+=($!)
-taskset -c "$PROXY_CPU" nginx -c "$work/nginx-proxy.conf" -p "$work" & pids+=($!)
+drained_pipe nginx
+taskset -c "$PROXY_CPU" nginx -c "$work/nginx-proxy.conf" -p "$work" 2>"$work/nginx.pipe" & pids+=($!)
 nginx_master=$!
-[ "$skip_haproxy" = 1 ] || { taskset -c "$PROXY_CPU" haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!); pid_haproxy=$!; }
+[ "$skip_haproxy" = 1 ] || { drained_pipe haproxy; taskset -c "$PROXY_CPU" haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>"$work/haproxy.pipe" & pids+=($!); pid_haproxy=$!; }
 for g in issued hs rs; do
-  taskset -c "$PROXY_CPU" "$BIN" run --config "$work/$g.toml" 2>"$work/$g.log" & pids+=($!)
+  drained_pipe "$g"
+  taskset -c "$PROXY_CPU" "$BIN" run --config "$work/$g.toml" 2>"$work/$g.pipe" & pids+=($!)
   eval "pid_$g=$!"
 done
 if [ -n "$BASE_BIN" ]; then
   GW_BASE=$(port)
   gate_config base "$GW_BASE" "$(port)" "[tokens]
 unknown = \"reject\""
-  taskset -c "$PROXY_CPU" "$BASE_BIN" run --config "$work/base.toml" 2>"$work/base.log" & pids+=($!)
+  drained_pipe base
+  taskset -c "$PROXY_CPU" "$BASE_BIN" run --config "$work/base.toml" 2>"$work/base.pipe" & pids+=($!)
   pid_base=$!
 fi
 
@@ -172,9 +199,9 @@ check gate-rs256 "$GW_RS" "$RS_TOKEN"
 
 login_lua > "$work/login.lua"
 
-# The process whose CPU time each target costs: nginx's worker (its master only supervises), or
+# The processes whose CPU time each target costs: nginx's workers (its master only supervises), or
 # the HAProxy or gateway process itself; none for the direct target.
-pid_nginx=$(pgrep -P "$nginx_master" | head -n1)
+pid_nginx=$(pgrep -P "$nginx_master" | paste -sd, -)
 # name|url|token|lua|pid
 targets=(
   "direct|http://127.0.0.1:$UP$ACC_PATH|||"
@@ -193,19 +220,20 @@ targets=(
   "base-issued|http://127.0.0.1:$GW_BASE$ACC_PATH|$HS_TOKEN||$pid_base"
   "base-signup|http://127.0.0.1:$GW_BASE/v2/account-members/tokens||$work/login.lua|$pid_base"
 )
-# A process's user and system CPU time so far, in clock ticks (fields 14 and 15 of its stat).
-ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+# The user and system CPU time so far of the processes listed (comma-separated), in clock ticks
+# (fields 14 and 15 of each one's stat).
+ticks() { for p in ${1//,/ }; do cat "/proc/$p/stat"; done | awk '{u += $14; s += $15} END {print u, s}'; }
 HZ=$(getconf CLK_TCK)
 
 results=$work/results.tsv
 : > "$results"
-echo "rounds=$ROUNDS duration=${DURATION}s connections=$CONNS proxies on cpu $PROXY_CPU, wrk+upstream on cpu $LOAD_CPU"
+echo "rounds=$ROUNDS duration=${DURATION}s connections=$CONNS proxies on cpu $PROXY_CPU, wrk+upstream on cpu $LOAD_CPU, request logs $([ "$LOGS" = 1 ] && echo on || echo off)"
 for round in $(seq "$ROUNDS"); do
   # Alternate the order each round so no target always runs first or last.
   if [ $((round % 2)) = 0 ]; then order=$(seq $((${#targets[@]} - 1)) -1 0); else order=$(seq 0 $((${#targets[@]} - 1))); fi
   for i in $order; do
     IFS='|' read -r name url token lua pid <<<"${targets[$i]}"
-    args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
+    args=(-t"$LOAD_CORES" -c"$CONNS" -d"${DURATION}s" --latency)
     [ -n "$token" ] && args+=(-H "EP-Account-Management-Authentication-Token: $token")
     [ -n "$lua" ] && args+=(-s "$lua")
     cpu=()

@@ -36,7 +36,7 @@ use crate::validator::{Validator, Verdict};
 
 pub use authz::{AuthzError, Decisions};
 pub use headers::{strip_hop_by_hop, X_REQUEST_ID};
-pub use listener::{serve, CloseAfter, CloseReason, InFlight, ListenerSettings};
+pub use listener::{serve, CloseAfter, CloseReason, InFlight, ListenerSettings, Places};
 pub use upstream::{ConnectError, Upstream, UpstreamError, UpstreamSetupError};
 
 /// The error type of every body the gateway sends or forwards.

@@ -67,11 +67,24 @@ const REFUSING_AT_ONCE: usize = 64;
 /// How long a refusal or an idle connection's goodbye (HTTP/2 GOAWAY) may take.
 const GOODBYE_WITHIN: Duration = Duration::from_secs(1);
 
+/// One listener's connection limit (`max_connections` places), shared by every thread that
+/// accepts on the listener's address: the limit is the address's, whichever thread a connection
+/// lands on.
+#[derive(Clone)]
+pub struct Places(Arc<Slots>);
+
+impl Places {
+    pub fn new(max_connections: usize) -> Self {
+        Places(Arc::new(Slots::new(max_connections.max(1))))
+    }
+}
+
 /// Serves connections from `listener` with `handler` until `stop` completes, then stops
 /// accepting, lets in-flight requests finish within `shutdown_grace`, and returns.
 pub async fn serve<H, F>(
     listener: TcpListener,
     settings: ListenerSettings,
+    places: Places,
     metrics: ListenerMetrics,
     handler: H,
     stop: impl Future<Output = ()>,
@@ -82,7 +95,7 @@ pub async fn serve<H, F>(
     let builder = Arc::new(builder(&settings));
     let handler = Arc::new(handler);
     let metrics = Arc::new(metrics);
-    let slots = Arc::new(Slots::new(settings.max_connections.max(1)));
+    let slots = places.0;
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     let deadlines = Deadlines {
         header_read: settings.header_read_timeout,
