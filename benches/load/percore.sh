@@ -66,10 +66,13 @@ load() { # cpus port threads connections output
 }
 # One wrk with every connection against the gateway on both cores.
 shared() { load 0,1 "$port_shared" 2 "$CONNS" "$work/shared.out"; }
-# A wrk per core, each with half the connections, against the gateway on the same core.
+# A wrk per core, each with half the connections, against the gateway on the other core: as
+# with remote clients, a connection's packets arrive wherever they arrive, not on the core of
+# the thread that serves it (a wrk on the gateway's own core would keep every wake-up local,
+# which no real client does for a gateway).
 split() {
-  load 0 "$port_core0" 1 $((CONNS / 2)) "$work/core0.out" & local first=$!
-  load 1 "$port_core1" 1 $((CONNS / 2)) "$work/core1.out"
+  load 1 "$port_core0" 1 $((CONNS / 2)) "$work/core0.out" & local first=$!
+  load 0 "$port_core1" 1 $((CONNS / 2)) "$work/core1.out"
   wait "$first"
 }
 echo "rounds=$ROUNDS duration=${DURATION}s connections=$CONNS, everything on cpus 0,1"
