@@ -389,6 +389,7 @@ fn serve_on_thread(
             if let Some(cpu) = cpu {
                 pin(cpu);
             }
+            proxy::set_serving_thread(index);
             runtime.block_on(async move {
                 // Registered with this thread's runtime, so their connections stay on it.
                 let data = TcpListener::from_std(data);

@@ -35,6 +35,22 @@ use crate::telemetry::{self, traced};
 use crate::validator::{Validator, Verdict};
 
 pub use authz::{AuthzError, Decisions};
+
+thread_local! {
+    /// Which serving thread this is (see `crate::server`): 0 for the first, and for any thread
+    /// that is not one.
+    static SERVING_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as serving thread `index`, whose requests use the upstream
+/// connections of their own thread.
+pub fn set_serving_thread(index: usize) {
+    SERVING_THREAD.set(index);
+}
+
+fn serving_thread() -> usize {
+    SERVING_THREAD.get()
+}
 pub use headers::{strip_hop_by_hop, X_REQUEST_ID};
 pub use listener::{serve, CloseAfter, CloseReason, InFlight, ListenerSettings, Places};
 pub use upstream::{ConnectError, Upstream, UpstreamError, UpstreamSetupError};

@@ -239,14 +239,14 @@ impl Upstream {
                     drop(stream);
                     answer
                 }
-                Sender::Http1(mut sender) => {
+                Sender::Http1(mut sender, thread) => {
                     if request.uri().scheme().is_some() {
                         // Handed back by an HTTP/2 connection: HTTP/1.1 wants the origin form.
                         *request.uri_mut() = origin_form(request.uri());
                     }
                     let answer = sender.try_send_request(request).await;
                     if answer.is_ok() {
-                        self.pool.put(sender);
+                        self.pool.put(sender, thread);
                     }
                     answer
                 }
@@ -352,7 +352,7 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
         tokio::spawn(drive(connection, permit));
-        Ok(Sender::Http1(sender))
+        Ok(Sender::Http1(sender, super::serving_thread()))
     }
 }
 

@@ -5,6 +5,11 @@
 //! (hyper marks it ready again when the answer has been read), or an HTTP/2 connection with
 //! fewer than [`H2_STREAMS`] requests awaiting an answer. Closed and long-idle connections are
 //! dropped as the pool is walked and by a timer.
+//!
+//! An HTTP/1.1 connection is driven by a task on the serving thread that opened it (see
+//! `crate::server`). A request prefers a connection of its own thread: one of another thread
+//! would wake that thread to write the request and again to hand the answer back. It takes
+//! another thread's only when its own has none ready, rather than open one more.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -58,6 +63,8 @@ impl Drop for Opening<'_> {
 
 pub(super) struct Idle {
     pub(super) sender: http1::SendRequest<Body>,
+    /// The serving thread whose runtime drives the connection.
+    thread: usize,
     /// When it was last handed back.
     since: Instant,
 }
@@ -86,7 +93,8 @@ impl Drop for Stream {
 
 /// A connection taken for one request.
 pub(super) enum Sender {
-    Http1(http1::SendRequest<Body>),
+    /// With the serving thread whose runtime drives the connection.
+    Http1(http1::SendRequest<Body>, usize),
     Http2(http2::SendRequest<Body>, Stream),
 }
 impl Shared {
@@ -132,25 +140,38 @@ impl Pool {
             }
         }
         let now = Instant::now();
+        let here = super::super::serving_thread();
         let mut idle = lock(&self.http1);
+        // The newest ready connection of another thread, taken if this one has none.
+        let mut elsewhere = None;
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
             let entry = &idle[i];
             if entry.sender.is_closed() || self.expired(entry, now) {
                 idle.remove(i);
+                elsewhere = elsewhere.map(|at: usize| at - 1);
             } else if entry.sender.is_ready() {
-                let entry = idle.remove(i);
-                return Some((Sender::Http1(entry.sender), now.duration_since(entry.since)));
+                if entry.thread == here {
+                    return Some(Self::taken(idle.remove(i), now));
+                }
+                elsewhere = elsewhere.or(Some(i));
             }
         }
-        None
+        elsewhere.map(|at| Self::taken(idle.remove(at), now))
+    }
+
+    fn taken(entry: Idle, now: Instant) -> (Sender, Duration) {
+        (
+            Sender::Http1(entry.sender, entry.thread),
+            now.duration_since(entry.since),
+        )
     }
 
     /// Hands an HTTP/1.1 connection back as soon as its request is answered; it is ready
     /// again once the answer's body has been read. Beyond `max_idle`, the oldest goes (it
     /// closes after its current exchange).
-    pub(super) fn put(&self, sender: http1::SendRequest<Body>) {
+    pub(super) fn put(&self, sender: http1::SendRequest<Body>, thread: usize) {
         if self.max_idle == 0 {
             return;
         }
@@ -160,6 +181,7 @@ impl Pool {
         }
         idle.push(Idle {
             sender,
+            thread,
             since: Instant::now(),
         });
     }
