@@ -10,7 +10,7 @@
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
@@ -202,10 +202,16 @@ impl Upstream {
     }
 
     /// Sends a request already passed through [`Upstream::retarget`] and waits for the head of
-    /// the answer, at most `upstream.response_timeout` (connecting included). The body streams
-    /// afterwards.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.response_timeout, self.exchange(request)).await {
+    /// the answer, at most `upstream.response_timeout` (connecting included) from `sent`, the
+    /// caller's reading of the clock as it sends. The body streams afterwards. With the answer
+    /// comes the moment its head arrived, so that the caller need not read the clock again.
+    pub async fn send(
+        &self,
+        request: Request<Body>,
+        sent: Instant,
+    ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
+        let deadline = later(sent, self.response_timeout);
+        match tokio::time::timeout_at(deadline, self.exchange(request, sent)).await {
             Ok(answer) => answer,
             Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
         }
@@ -214,7 +220,8 @@ impl Upstream {
     async fn exchange(
         &self,
         mut request: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        sent: Instant,
+    ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
         // A pooled connection may turn out closed before the request was written (the upstream
         // dropped it while idle, or sent an HTTP/2 GOAWAY); hyper then hands the request back
         // and it goes to another connection. A written request is sent again only when it is
@@ -222,8 +229,9 @@ impl Upstream {
         // idle, which the upstream may have been closing at that moment (the keep-alive race
         // nginx also retries); at most once.
         let mut replayed = false;
+        let mut now = sent;
         loop {
-            let (sender, fresh, idle) = match self.pool.take() {
+            let (sender, fresh, idle) = match self.pool.take(now) {
                 Some((sender, idle)) => (sender, false, idle),
                 // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is a 5 KiB future that would
                 // otherwise be part of, and copied with, every request's future.
@@ -237,7 +245,7 @@ impl Upstream {
                     *request.uri_mut() = self.absolute(request.uri());
                     let answer = sender.try_send_request(request).await;
                     drop(stream);
-                    answer
+                    answer.map(|response| (response, Instant::now()))
                 }
                 Sender::Http1(mut sender) => {
                     if request.uri().scheme().is_some() {
@@ -245,14 +253,15 @@ impl Upstream {
                         *request.uri_mut() = origin_form(request.uri());
                     }
                     let answer = sender.try_send_request(request).await;
-                    if answer.is_ok() {
-                        self.pool.put(sender);
-                    }
-                    answer
+                    answer.map(|response| {
+                        let arrived = Instant::now();
+                        self.pool.put(sender, arrived);
+                        (response, arrived)
+                    })
                 }
             };
             match answer {
-                Ok(response) => return Ok(response),
+                Ok(answered) => return Ok(answered),
                 Err(mut error) => match (error.take_message(), replay) {
                     (Some(unsent), _) if !fresh => request = unsent,
                     (_, Some(copy)) => {
@@ -264,6 +273,7 @@ impl Upstream {
                     _ => return Err(UpstreamError::Failed(error.into_error())),
                 },
             }
+            now = Instant::now();
         }
     }
 
@@ -286,7 +296,7 @@ impl Upstream {
             // while one is being opened, the others wait for it.
             let opener = Opening::claim(&self.pool.h2_opening);
             let h2_opening = opener.is_none() && self.pool.speaks_h2.load(Ordering::Relaxed);
-            if let Some((sender, idle)) = self.pool.take() {
+            if let Some((sender, idle)) = self.pool.take(Instant::now()) {
                 return Ok((sender, false, idle));
             }
             if !h2_opening {
@@ -378,6 +388,15 @@ fn path_and_query(uri: &Uri) -> PathAndQuery {
     uri.path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// `after` past `from`, as a tokio deadline; a duration too long to add is as good as never.
+fn later(from: Instant, after: Duration) -> tokio::time::Instant {
+    let never = Duration::from_secs(86_400 * 365 * 30);
+    let at = from
+        .checked_add(after)
+        .unwrap_or_else(|| from + never.min(after));
+    tokio::time::Instant::from_std(at)
 }
 
 /// `uri` in origin form (path and query only), as HTTP/1.1 sends it to an origin server.
@@ -478,7 +497,7 @@ mod tests {
         *request.method_mut() = method;
         *request.uri_mut() = Uri::from_static("/v2/carts");
         upstream.retarget(&mut request);
-        let response = upstream.send(request).await?;
+        let (response, _) = upstream.send(request, Instant::now()).await?;
         let status = response.status();
         // Read the answer whole, and wait for hyper to mark its connection ready again, so the
         // next request takes it from the pool.

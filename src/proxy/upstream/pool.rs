@@ -117,7 +117,8 @@ impl Pool {
     /// A connection ready for a request — the shared HTTP/2 one, or the newest ready HTTP/1.1
     /// one — with how long it sat in the pool since its last answer began (zero for HTTP/2).
     /// Closed and long-idle connections met on the way are dropped.
-    pub(super) fn take(&self) -> Option<(Sender, Duration)> {
+    /// `now` is the caller's reading of the clock.
+    pub(super) fn take(&self, now: Instant) -> Option<(Sender, Duration)> {
         {
             let mut http2 = lock(&self.http2);
             http2.retain(|shared| !shared.sender.is_closed());
@@ -131,7 +132,6 @@ impl Pool {
                 return None; // every HTTP/2 connection is full: open another
             }
         }
-        let now = Instant::now();
         let mut idle = lock(&self.http1);
         let mut i = idle.len();
         while i > 0 {
@@ -149,8 +149,8 @@ impl Pool {
 
     /// Hands an HTTP/1.1 connection back as soon as its request is answered; it is ready
     /// again once the answer's body has been read. Beyond `max_idle`, the oldest goes (it
-    /// closes after its current exchange).
-    pub(super) fn put(&self, sender: http1::SendRequest<Body>) {
+    /// closes after its current exchange). `now` is when the answer's head arrived.
+    pub(super) fn put(&self, sender: http1::SendRequest<Body>, now: Instant) {
         if self.max_idle == 0 {
             return;
         }
@@ -158,10 +158,7 @@ impl Pool {
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }
-        idle.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
+        idle.push(Idle { sender, since: now });
     }
 
     /// Adds a new HTTP/2 connection to the pool and takes it for the request that opened it.
