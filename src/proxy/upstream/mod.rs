@@ -210,18 +210,18 @@ impl Upstream {
         request: Request<Body>,
         sent: Instant,
     ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
-        let deadline = later(sent, self.response_timeout);
-        match tokio::time::timeout_at(deadline, self.exchange(request, sent)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
-        }
+        self.exchange(request, sent, later(sent, self.response_timeout))
+            .await
     }
 
+    /// Each step that waits (for a connection, for an answer's head) is bounded by `deadline`.
     async fn exchange(
         &self,
         mut request: Request<Body>,
         sent: Instant,
+        deadline: tokio::time::Instant,
     ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
+        let timed_out = || UpstreamError::Timeout(self.response_timeout);
         // A pooled connection may turn out closed before the request was written (the upstream
         // dropped it while idle, or sent an HTTP/2 GOAWAY); hyper then hands the request back
         // and it goes to another connection. A written request is sent again only when it is
@@ -235,7 +235,10 @@ impl Upstream {
                 Some((sender, idle)) => (sender, false, idle),
                 // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is a 5 KiB future that would
                 // otherwise be part of, and copied with, every request's future.
-                None => Box::pin(self.acquire()).await?,
+                None => match tokio::time::timeout_at(deadline, Box::pin(self.acquire())).await {
+                    Ok(acquired) => acquired?,
+                    Err(_) => return Err(timed_out()),
+                },
             };
             let replay = (!fresh && !replayed && idle >= self.replay_after_idle)
                 .then(|| safe_copy(&request))
@@ -243,19 +246,37 @@ impl Upstream {
             let answer = match sender {
                 Sender::Http2(mut sender, stream) => {
                     *request.uri_mut() = self.absolute(request.uri());
-                    let answer = sender.try_send_request(request).await;
+                    let sending = sender.try_send_request(request);
+                    let Ok(answer) = tokio::time::timeout_at(deadline, sending).await else {
+                        return Err(timed_out());
+                    };
                     drop(stream);
                     answer.map(|response| (response, Instant::now()))
                 }
-                Sender::Http1(mut sender) => {
+                Sender::Http1(mut sender, timer) => {
                     if request.uri().scheme().is_some() {
                         // Handed back by an HTTP/2 connection: HTTP/1.1 wants the origin form.
                         *request.uri_mut() = origin_form(request.uri());
                     }
-                    let answer = sender.try_send_request(request).await;
+                    // The connection's own timer, moved to this request's deadline. A deadline
+                    // later than the one it holds costs tokio one atomic exchange, where a timer
+                    // per request was put into the timer wheel and taken out again, each under
+                    // the wheel's lock.
+                    let mut timer = match timer {
+                        Some(mut timer) => {
+                            timer.as_mut().reset(deadline);
+                            timer
+                        }
+                        None => Box::pin(tokio::time::sleep_until(deadline)),
+                    };
+                    let answer = tokio::select! {
+                        biased;
+                        answer = sender.try_send_request(request) => answer,
+                        () = timer.as_mut() => return Err(timed_out()),
+                    };
                     answer.map(|response| {
                         let arrived = Instant::now();
-                        self.pool.put(sender, arrived);
+                        self.pool.put(sender, timer, arrived);
                         (response, arrived)
                     })
                 }
@@ -362,7 +383,7 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
         tokio::spawn(drive(connection, permit));
-        Ok(Sender::Http1(sender))
+        Ok(Sender::Http1(sender, None))
     }
 }
 
@@ -527,6 +548,43 @@ mod tests {
             Some(StatusCode::OK)
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_times_out_at_its_new_request_deadline() {
+        // Answers the first request, then reads the second and stays silent.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if read_head(&mut stream).await {
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        let _ = stream.write_all(answer).await;
+                        read_head(&mut stream).await;
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                });
+            }
+        });
+        let mut upstream = upstream(&url);
+        let timeout = Duration::from_millis(300);
+        upstream.response_timeout = timeout;
+        assert_eq!(
+            send(&upstream, Method::GET).await.ok(),
+            Some(StatusCode::OK)
+        );
+        // The connection's timer, still set for the first request's deadline, is moved on to
+        // the second's: it must fire then, neither at the first's nor never.
+        tokio::time::sleep(timeout / 2).await;
+        let started = Instant::now();
+        let failed = send(&upstream, Method::GET).await;
+        let took = started.elapsed();
+        assert!(
+            matches!(failed, Err(UpstreamError::Timeout(_))),
+            "{failed:?}"
+        );
+        assert!(took >= timeout && took < timeout * 4, "{took:?}");
     }
 
     #[tokio::test]

@@ -6,12 +6,14 @@
 //! fewer than [`H2_STREAMS`] requests awaiting an answer. Closed and long-idle connections are
 //! dropped as the pool is walked and by a timer.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 
 use super::super::Body;
 use crate::config::UpstreamConfig;
@@ -58,6 +60,7 @@ impl Drop for Opening<'_> {
 
 pub(super) struct Idle {
     pub(super) sender: http1::SendRequest<Body>,
+    timer: Timer,
     /// When it was last handed back.
     since: Instant,
 }
@@ -84,9 +87,14 @@ impl Drop for Stream {
     }
 }
 
+/// The timer an HTTP/1.1 connection keeps for the heads of its answers
+/// (`upstream.response_timeout`), reset for each request rather than made anew; `None` until its
+/// first request.
+pub(super) type Timer = Option<Pin<Box<Sleep>>>;
+
 /// A connection taken for one request.
 pub(super) enum Sender {
-    Http1(http1::SendRequest<Body>),
+    Http1(http1::SendRequest<Body>, Timer),
     Http2(http2::SendRequest<Body>, Stream),
 }
 impl Shared {
@@ -141,7 +149,8 @@ impl Pool {
                 idle.remove(i);
             } else if entry.sender.is_ready() {
                 let entry = idle.remove(i);
-                return Some((Sender::Http1(entry.sender), now.duration_since(entry.since)));
+                let idle = now.duration_since(entry.since);
+                return Some((Sender::Http1(entry.sender, entry.timer), idle));
             }
         }
         None
@@ -150,7 +159,12 @@ impl Pool {
     /// Hands an HTTP/1.1 connection back as soon as its request is answered; it is ready
     /// again once the answer's body has been read. Beyond `max_idle`, the oldest goes (it
     /// closes after its current exchange). `now` is when the answer's head arrived.
-    pub(super) fn put(&self, sender: http1::SendRequest<Body>, now: Instant) {
+    pub(super) fn put(
+        &self,
+        sender: http1::SendRequest<Body>,
+        timer: Pin<Box<Sleep>>,
+        now: Instant,
+    ) {
         if self.max_idle == 0 {
             return;
         }
@@ -158,7 +172,11 @@ impl Pool {
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }
-        idle.push(Idle { sender, since: now });
+        idle.push(Idle {
+            sender,
+            timer: Some(timer),
+            since: now,
+        });
     }
 
     /// Adds a new HTTP/2 connection to the pool and takes it for the request that opened it.
