@@ -123,6 +123,10 @@ struct Exchange {
     reason: &'static str,
     /// How long the upstream took to answer, when it was asked.
     upstream: Option<Duration>,
+    /// When the upstream's answer head arrived, while nothing has been awaited since: then the
+    /// request's duration ends there, a few microseconds before the answer leaves the handler,
+    /// and the clock is not read again for it.
+    answered: Option<Instant>,
 }
 
 impl Default for Exchange {
@@ -132,6 +136,7 @@ impl Default for Exchange {
             outcome: "forwarded",
             reason: "-",
             upstream: None,
+            answered: None,
         }
     }
 }
@@ -240,7 +245,10 @@ impl Gateway {
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
 
-        let elapsed = started.elapsed();
+        let elapsed = match exchange.answered {
+            Some(answered) => answered.saturating_duration_since(started),
+            None => started.elapsed(),
+        };
         let status = response.status();
         self.metrics.observe_request(route.index(), status, elapsed);
         if logged || traced {
@@ -381,6 +389,8 @@ impl Gateway {
             .await?;
         if let Some(unknown) = deferred {
             self.validator.settle(unknown, response.status()).await;
+            // Settling may wait on the store: the request's duration counts it.
+            exchange.answered = None;
         }
         Ok(response.map(|body| self.streamed(body)))
     }
@@ -499,13 +509,19 @@ impl Gateway {
         };
 
         let sent = Instant::now();
-        let answer = traced!(span.clone(), self.upstream.send(outbound));
-        let took = sent.elapsed();
+        let answer = traced!(span.clone(), self.upstream.send(outbound, sent));
+        let took = match &answer {
+            Ok((_, arrived)) => {
+                exchange.answered = Some(*arrived);
+                arrived.saturating_duration_since(sent)
+            }
+            Err(_) => sent.elapsed(),
+        };
         exchange.upstream = Some(took);
         self.metrics.observe_upstream(exchange.route.index(), took);
         if !span.is_disabled() {
             match &answer {
-                Ok(response) => {
+                Ok((response, _)) => {
                     span.record("http.response.status_code", response.status().as_u16());
                 }
                 Err(error) => {
@@ -514,7 +530,7 @@ impl Gateway {
                 }
             }
         }
-        let mut response = answer?;
+        let (mut response, _) = answer?;
         headers::strip_hop_by_hop(response.headers_mut());
         Ok(response)
     }

@@ -1,7 +1,10 @@
 //! Reading the upstream's `201` answer to a token request: one record per issued token.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
+use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::store::{Fingerprint, TokenRecord};
@@ -18,27 +21,58 @@ pub enum LearnError {
     NoExpiry,
 }
 
+// What is only read (the token, which is fingerprinted and perhaps peeked at, its expiry and the
+// member id, copied into each record) is borrowed from the body when it has no escapes; what a
+// record keeps as it is (the account's id and name) is read into its own `String` once.
 #[derive(Deserialize)]
-struct Issued {
-    data: Vec<IssuedToken>,
-    #[serde(default)]
-    meta: Option<IssuedMeta>,
+struct Issued<'a> {
+    #[serde(borrow)]
+    data: Vec<IssuedToken<'a>>,
+    #[serde(default, borrow)]
+    meta: Option<IssuedMeta<'a>>,
 }
 
 #[derive(Deserialize)]
-struct IssuedMeta {
-    #[serde(default)]
-    account_member_id: Option<String>,
+struct IssuedMeta<'a> {
+    #[serde(default, borrow)]
+    account_member_id: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
-struct IssuedToken {
-    token: String,
+struct IssuedToken<'a> {
+    #[serde(borrow)]
+    token: Cow<'a, str>,
     account_id: String,
     #[serde(default)]
     account_name: Option<String>,
-    #[serde(default)]
-    expires: Option<String>,
+    #[serde(default, borrow)]
+    expires: Option<Text<'a>>,
+}
+
+/// A string of the body, borrowed unless it holds escapes. (serde borrows a `Cow<str>` field
+/// only when it is not inside an `Option`.)
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
 }
 
 /// The records to store for a `201` body. All or nothing: a body with one unusable entry
@@ -54,13 +88,15 @@ pub fn records(body: &[u8]) -> Result<Vec<TokenRecord>, LearnError> {
             let peeked = std::cell::OnceCell::new();
             let claims = || peeked.get_or_init(|| claims::peek(&entry.token).unwrap_or_default());
             let member_id = meta_member
-                .clone()
-                .or_else(|| claims().member_id().map(str::to_owned))
-                .ok_or(LearnError::NoMember)?;
+                .as_ref()
+                .map(|member| &*member.0)
+                .or_else(|| claims().member_id())
+                .ok_or(LearnError::NoMember)?
+                .to_owned();
             let expires_at = entry
                 .expires
-                .as_deref()
-                .and_then(|e| humantime::parse_rfc3339_weak(e).ok())
+                .as_ref()
+                .and_then(|e| humantime::parse_rfc3339_weak(&e.0).ok())
                 .or_else(|| {
                     let secs = u64::try_from(claims().expires_at()?).ok()?;
                     UNIX_EPOCH.checked_add(Duration::from_secs(secs))
@@ -98,6 +134,17 @@ mod tests {
             records[0].expires_at,
             humantime::parse_rfc3339("2021-03-16T19:36:11.070Z").unwrap()
         );
+    }
+
+    #[test]
+    fn escaped_strings_are_read_as_their_text() {
+        let plain = br#"{"meta":{"account_member_id":"m-1"},"data":[{"token":"a.b.c","account_id":"acc","expires":"2031-03-16T19:36:11Z"}]}"#;
+        let escaped = br#"{"meta":{"account_member_id":"m\u002d1"},"data":[{"token":"a.b\u002ec","account_id":"acc","expires":"2031-03-16T19:36:11\u005a"}]}"#;
+        let plain = records(plain).unwrap();
+        let escaped = records(escaped).unwrap();
+        assert_eq!(escaped[0].fingerprint, plain[0].fingerprint);
+        assert_eq!(escaped[0].member_id, "m-1");
+        assert_eq!(escaped[0].expires_at, plain[0].expires_at);
     }
 
     #[test]

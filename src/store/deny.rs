@@ -168,7 +168,7 @@ impl DenyList {
         let inner = &*self.inner;
         let key = member_key(member);
         let mut members = lock(inner.member_stripe(&key));
-        if inner.token_denied(&fp, now) {
+        if inner.token_denied(&fp, || now) {
             // Held already: extended, not counted twice.
             return inner.deny_token(fp, until, now);
         }
@@ -201,7 +201,8 @@ impl DenyList {
 
     /// Whether `fp` has a live entry.
     pub fn is_denied(&self, fp: &Fingerprint) -> bool {
-        self.inner.token_denied(fp, now())
+        // The clock is read only for a token that has an entry: almost every token has none.
+        self.inner.token_denied(fp, now)
     }
 
     /// Whether a watermark of `member` covers a token issued at `issued_at` (`None`: a token
@@ -254,11 +255,12 @@ impl Inner {
         &self.tokens[usize::from(u16::from_le_bytes([a, b])) % STRIPES]
     }
 
-    fn token_denied(&self, fp: &Fingerprint, now: u64) -> bool {
+    /// Whether `fp` has a live entry; `now` is called only when it has one.
+    fn token_denied(&self, fp: &Fingerprint, now: impl FnOnce() -> u64) -> bool {
         lock(self.token_stripe(fp))
             .ends
             .get(fp)
-            .is_some_and(|&end| end > now)
+            .is_some_and(|&end| end > now())
     }
 
     /// Puts or extends `fp`'s entry; `true` if it had none alive.

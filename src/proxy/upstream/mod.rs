@@ -10,7 +10,7 @@
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
@@ -202,19 +202,26 @@ impl Upstream {
     }
 
     /// Sends a request already passed through [`Upstream::retarget`] and waits for the head of
-    /// the answer, at most `upstream.response_timeout` (connecting included). The body streams
-    /// afterwards.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.response_timeout, self.exchange(request)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
-        }
+    /// the answer, at most `upstream.response_timeout` (connecting included) from `sent`, the
+    /// caller's reading of the clock as it sends. The body streams afterwards. With the answer
+    /// comes the moment its head arrived, so that the caller need not read the clock again.
+    pub async fn send(
+        &self,
+        request: Request<Body>,
+        sent: Instant,
+    ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
+        self.exchange(request, sent, later(sent, self.response_timeout))
+            .await
     }
 
+    /// Each step that waits (for a connection, for an answer's head) is bounded by `deadline`.
     async fn exchange(
         &self,
         mut request: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        sent: Instant,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
+        let timed_out = || UpstreamError::Timeout(self.response_timeout);
         // A pooled connection may turn out closed before the request was written (the upstream
         // dropped it while idle, or sent an HTTP/2 GOAWAY); hyper then hands the request back
         // and it goes to another connection. A written request is sent again only when it is
@@ -222,12 +229,16 @@ impl Upstream {
         // idle, which the upstream may have been closing at that moment (the keep-alive race
         // nginx also retries); at most once.
         let mut replayed = false;
+        let mut now = sent;
         loop {
-            let (sender, fresh, idle) = match self.pool.take() {
+            let (sender, fresh, idle) = match self.pool.take(now) {
                 Some((sender, idle)) => (sender, false, idle),
                 // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is a 5 KiB future that would
                 // otherwise be part of, and copied with, every request's future.
-                None => Box::pin(self.acquire()).await?,
+                None => match tokio::time::timeout_at(deadline, Box::pin(self.acquire())).await {
+                    Ok(acquired) => acquired?,
+                    Err(_) => return Err(timed_out()),
+                },
             };
             let replay = (!fresh && !replayed && idle >= self.replay_after_idle)
                 .then(|| safe_copy(&request))
@@ -235,24 +246,43 @@ impl Upstream {
             let answer = match sender {
                 Sender::Http2(mut sender, stream) => {
                     *request.uri_mut() = self.absolute(request.uri());
-                    let answer = sender.try_send_request(request).await;
+                    let sending = sender.try_send_request(request);
+                    let Ok(answer) = tokio::time::timeout_at(deadline, sending).await else {
+                        return Err(timed_out());
+                    };
                     drop(stream);
-                    answer
+                    answer.map(|response| (response, Instant::now()))
                 }
-                Sender::Http1(mut sender, thread) => {
+                Sender::Http1(mut sender, thread, timer) => {
                     if request.uri().scheme().is_some() {
                         // Handed back by an HTTP/2 connection: HTTP/1.1 wants the origin form.
                         *request.uri_mut() = origin_form(request.uri());
                     }
-                    let answer = sender.try_send_request(request).await;
-                    if answer.is_ok() {
-                        self.pool.put(sender, thread);
-                    }
-                    answer
+                    // The connection's own timer, moved to this request's deadline. A deadline
+                    // later than the one it holds costs tokio one atomic exchange, where a timer
+                    // per request was put into the timer wheel and taken out again, each under
+                    // the wheel's lock.
+                    let mut timer = match timer {
+                        Some(mut timer) => {
+                            timer.as_mut().reset(deadline);
+                            timer
+                        }
+                        None => Box::pin(tokio::time::sleep_until(deadline)),
+                    };
+                    let answer = tokio::select! {
+                        biased;
+                        answer = sender.try_send_request(request) => answer,
+                        () = timer.as_mut() => return Err(timed_out()),
+                    };
+                    answer.map(|response| {
+                        let arrived = Instant::now();
+                        self.pool.put(sender, thread, timer, arrived);
+                        (response, arrived)
+                    })
                 }
             };
             match answer {
-                Ok(response) => return Ok(response),
+                Ok(answered) => return Ok(answered),
                 Err(mut error) => match (error.take_message(), replay) {
                     (Some(unsent), _) if !fresh => request = unsent,
                     (_, Some(copy)) => {
@@ -264,6 +294,7 @@ impl Upstream {
                     _ => return Err(UpstreamError::Failed(error.into_error())),
                 },
             }
+            now = Instant::now();
         }
     }
 
@@ -286,7 +317,7 @@ impl Upstream {
             // while one is being opened, the others wait for it.
             let opener = Opening::claim(&self.pool.h2_opening);
             let h2_opening = opener.is_none() && self.pool.speaks_h2.load(Ordering::Relaxed);
-            if let Some((sender, idle)) = self.pool.take() {
+            if let Some((sender, idle)) = self.pool.take(Instant::now()) {
                 return Ok((sender, false, idle));
             }
             if !h2_opening {
@@ -352,7 +383,7 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
         tokio::spawn(drive(connection, permit));
-        Ok(Sender::Http1(sender, super::serving_thread()))
+        Ok(Sender::Http1(sender, super::serving_thread(), None))
     }
 }
 
@@ -378,6 +409,15 @@ fn path_and_query(uri: &Uri) -> PathAndQuery {
     uri.path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// `after` past `from`, as a tokio deadline; a duration too long to add is as good as never.
+fn later(from: Instant, after: Duration) -> tokio::time::Instant {
+    let never = Duration::from_secs(86_400 * 365 * 30);
+    let at = from
+        .checked_add(after)
+        .unwrap_or_else(|| from + never.min(after));
+    tokio::time::Instant::from_std(at)
 }
 
 /// `uri` in origin form (path and query only), as HTTP/1.1 sends it to an origin server.
@@ -478,7 +518,7 @@ mod tests {
         *request.method_mut() = method;
         *request.uri_mut() = Uri::from_static("/v2/carts");
         upstream.retarget(&mut request);
-        let response = upstream.send(request).await?;
+        let (response, _) = upstream.send(request, Instant::now()).await?;
         let status = response.status();
         // Read the answer whole, and wait for hyper to mark its connection ready again, so the
         // next request takes it from the pool.
@@ -508,6 +548,43 @@ mod tests {
             Some(StatusCode::OK)
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_times_out_at_its_new_request_deadline() {
+        // Answers the first request, then reads the second and stays silent.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if read_head(&mut stream).await {
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        let _ = stream.write_all(answer).await;
+                        read_head(&mut stream).await;
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                });
+            }
+        });
+        let mut upstream = upstream(&url);
+        let timeout = Duration::from_millis(300);
+        upstream.response_timeout = timeout;
+        assert_eq!(
+            send(&upstream, Method::GET).await.ok(),
+            Some(StatusCode::OK)
+        );
+        // The connection's timer, still set for the first request's deadline, is moved on to
+        // the second's: it must fire then, neither at the first's nor never.
+        tokio::time::sleep(timeout / 2).await;
+        let started = Instant::now();
+        let failed = send(&upstream, Method::GET).await;
+        let took = started.elapsed();
+        assert!(
+            matches!(failed, Err(UpstreamError::Timeout(_))),
+            "{failed:?}"
+        );
+        assert!(took >= timeout && took < timeout * 4, "{took:?}");
     }
 
     #[tokio::test]

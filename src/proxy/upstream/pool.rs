@@ -11,12 +11,14 @@
 //! would wake that thread to write the request and again to hand the answer back. It takes
 //! another thread's only when its own has none ready, rather than open one more.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 
 use super::super::Body;
 use crate::config::UpstreamConfig;
@@ -65,6 +67,7 @@ pub(super) struct Idle {
     pub(super) sender: http1::SendRequest<Body>,
     /// The serving thread whose runtime drives the connection.
     thread: usize,
+    timer: Timer,
     /// When it was last handed back.
     since: Instant,
 }
@@ -91,10 +94,15 @@ impl Drop for Stream {
     }
 }
 
+/// The timer an HTTP/1.1 connection keeps for the heads of its answers
+/// (`upstream.response_timeout`), reset for each request rather than made anew; `None` until its
+/// first request.
+pub(super) type Timer = Option<Pin<Box<Sleep>>>;
+
 /// A connection taken for one request.
 pub(super) enum Sender {
     /// With the serving thread whose runtime drives the connection.
-    Http1(http1::SendRequest<Body>, usize),
+    Http1(http1::SendRequest<Body>, usize, Timer),
     Http2(http2::SendRequest<Body>, Stream),
 }
 impl Shared {
@@ -125,7 +133,8 @@ impl Pool {
     /// A connection ready for a request — the shared HTTP/2 one, or the newest ready HTTP/1.1
     /// one — with how long it sat in the pool since its last answer began (zero for HTTP/2).
     /// Closed and long-idle connections met on the way are dropped.
-    pub(super) fn take(&self) -> Option<(Sender, Duration)> {
+    /// `now` is the caller's reading of the clock.
+    pub(super) fn take(&self, now: Instant) -> Option<(Sender, Duration)> {
         {
             let mut http2 = lock(&self.http2);
             http2.retain(|shared| !shared.sender.is_closed());
@@ -139,7 +148,6 @@ impl Pool {
                 return None; // every HTTP/2 connection is full: open another
             }
         }
-        let now = Instant::now();
         let here = super::super::serving_thread();
         let mut idle = lock(&self.http1);
         // The newest ready connection of another thread, taken if this one has none.
@@ -163,15 +171,21 @@ impl Pool {
 
     fn taken(entry: Idle, now: Instant) -> (Sender, Duration) {
         (
-            Sender::Http1(entry.sender, entry.thread),
+            Sender::Http1(entry.sender, entry.thread, entry.timer),
             now.duration_since(entry.since),
         )
     }
 
     /// Hands an HTTP/1.1 connection back as soon as its request is answered; it is ready
     /// again once the answer's body has been read. Beyond `max_idle`, the oldest goes (it
-    /// closes after its current exchange).
-    pub(super) fn put(&self, sender: http1::SendRequest<Body>, thread: usize) {
+    /// closes after its current exchange). `now` is when the answer's head arrived.
+    pub(super) fn put(
+        &self,
+        sender: http1::SendRequest<Body>,
+        thread: usize,
+        timer: Pin<Box<Sleep>>,
+        now: Instant,
+    ) {
         if self.max_idle == 0 {
             return;
         }
@@ -182,7 +196,8 @@ impl Pool {
         idle.push(Idle {
             sender,
             thread,
-            since: Instant::now(),
+            timer: Some(timer),
+            since: now,
         });
     }
 
