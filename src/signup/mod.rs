@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::metrics::Metrics;
@@ -270,16 +270,23 @@ impl Signup {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
-            return Err((None, too_large));
-        }
         // A whole-body deadline, not a per-chunk one: a byte a second must not hold the request
         // (and its connection) open for as long as the client cares to trickle.
-        let read = Limited::new(body, self.max_body_bytes).collect();
-        let bytes = match tokio::time::timeout(self.body_read_timeout, read).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-                return Err((None, too_large))
+        let deadline = tokio::time::Instant::now() + self.body_read_timeout;
+        if let Some(declared) = declared.filter(|&len| len > self.max_body_bytes as u64) {
+            // A client waiting for `100 Continue` has sent nothing: reading would invite it to.
+            let waiting = headers.contains_key(header::EXPECT);
+            if declared <= DRAIN_AT_MOST as u64 && !waiting {
+                let _ = tokio::time::timeout_at(deadline, drain(body)).await;
+            }
+            return Err((None, too_large));
+        }
+        let read = read_at_most(body, self.max_body_bytes);
+        let bytes = match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(Ok(bytes))) => bytes,
+            Ok(Ok(Err(rest))) => {
+                let _ = tokio::time::timeout_at(deadline, drain(rest)).await;
+                return Err((None, too_large));
             }
             Ok(Err(_)) => return Err((None, SignupError::BodyRead)),
             Err(_) => {
@@ -347,6 +354,49 @@ struct Learner {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     mechanism: Mechanism,
+}
+
+/// How much of a body over the limit is read and thrown away before the `413` goes out. Closing
+/// a connection with unread bytes in it makes the kernel reset it, and a reset can destroy the
+/// answer before the client has read it: a client still sending gets a broken connection
+/// instead of its `413` (nginx's lingering close exists for the same reason). A body declared
+/// or found longer than this is not read: its connection is simply closed.
+const DRAIN_AT_MOST: usize = 4 * 1024 * 1024;
+
+/// The whole of `body` when it holds at most `limit` bytes; else what is left of it, past the
+/// chunk that went over. One chunk is returned as it came, without a copy.
+async fn read_at_most(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<Result<Bytes, Incoming>, hyper::Error> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        len += data.len();
+        if len > limit {
+            return Ok(Err(body));
+        }
+        chunks.push(data);
+    }
+    Ok(Ok(match chunks.len() {
+        1 => chunks.swap_remove(0),
+        _ => chunks.concat().into(),
+    }))
+}
+
+/// Reads and discards what is left of `body`, at most [`DRAIN_AT_MOST`] bytes.
+async fn drain(mut body: Incoming) {
+    let mut left = DRAIN_AT_MOST;
+    while let Some(Ok(frame)) = body.frame().await {
+        let len = frame.data_ref().map_or(0, Bytes::len);
+        match left.checked_sub(len) {
+            Some(rest) => left = rest,
+            None => return,
+        }
+    }
 }
 
 impl TeeSink for Learner {
