@@ -270,17 +270,13 @@ impl Signup {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // Refused before a byte of the body is read: the client may not even be sending it.
+        if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
+            return Err((None, too_large));
+        }
         // A whole-body deadline, not a per-chunk one: a byte a second must not hold the request
         // (and its connection) open for as long as the client cares to trickle.
         let deadline = tokio::time::Instant::now() + self.body_read_timeout;
-        if let Some(declared) = declared.filter(|&len| len > self.max_body_bytes as u64) {
-            // A client waiting for `100 Continue` has sent nothing: reading would invite it to.
-            let waiting = headers.contains_key(header::EXPECT);
-            if declared <= DRAIN_AT_MOST as u64 && !waiting {
-                let _ = tokio::time::timeout_at(deadline, drain(body)).await;
-            }
-            return Err((None, too_large));
-        }
         let read = read_at_most(body, self.max_body_bytes);
         let bytes = match tokio::time::timeout_at(deadline, read).await {
             Ok(Ok(Ok(bytes))) => bytes,
@@ -356,11 +352,12 @@ struct Learner {
     mechanism: Mechanism,
 }
 
-/// How much of a body over the limit is read and thrown away before the `413` goes out. Closing
-/// a connection with unread bytes in it makes the kernel reset it, and a reset can destroy the
-/// answer before the client has read it: a client still sending gets a broken connection
-/// instead of its `413` (nginx's lingering close exists for the same reason). A body declared
-/// or found longer than this is not read: its connection is simply closed.
+/// How much of a body found over the limit as it streams in is read and thrown away before the
+/// `413` goes out. Closing a connection with unread bytes in it makes the kernel reset it, and a
+/// reset can destroy the answer before the client has read it: a client still sending gets a
+/// broken connection instead of its `413` (nginx's lingering close exists for the same reason).
+/// Past this much, or the body deadline, the connection is simply closed. A body declared
+/// over the limit is refused before it is read at all.
 const DRAIN_AT_MOST: usize = 4 * 1024 * 1024;
 
 /// The whole of `body` when it holds at most `limit` bytes; else what is left of it, past the
