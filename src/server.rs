@@ -6,9 +6,9 @@
 //! may use), each with a single-threaded runtime of its own and its own socket on the data (and
 //! authz) address, bound with `SO_REUSEPORT` so that the kernel spreads new connections over
 //! them, as nginx's workers do. A connection lives and dies on one thread: no work-stealing,
-//! no wake-up crossing threads. On two cores that served 1.77 times the requests of one
-//! multi-thread runtime with a worker per core (`benches/load/percore.sh`). The first thread
-//! is the caller's (its runtime also runs the admin listener, reloads and the store's
+//! no wake-up crossing threads. On two cores that served 1.33 times the proxied GETs of one
+//! multi-thread runtime with a worker per core, and as many as two single-core processes
+//! (`benches/README.md`, 2026-11-30). The first thread is the caller's (its runtime also runs the admin listener, reloads and the store's
 //! background work); everything the threads share (the generation, the store, metrics, the
 //! connection limit) is shared across threads anyway.
 

@@ -367,18 +367,25 @@ async fn both_mode_needs_an_issued_and_signed_token_and_revocation_beats_the_sig
     assert_eq!(upstream.calls(), 1);
 }
 
+/// A gateway in `either` mode whose JWKS holds RSA key A as `k1`, with that key and the JWKS
+/// server (keep it alive).
+async fn either_with_k1(upstream: &TestUpstream) -> (RunningGateway, TestKey, JwksServer) {
+    let key = TestKey::rsa_a();
+    let jwks = JwksServer::start(&[(&key, "k1")]).await;
+    let gateway = gateway(upstream, &["RS256"], |c| {
+        c.tokens.mode = TokenMode::Either;
+        c.tokens.signature.jwks_url = Some(jwks.url.clone());
+    })
+    .await;
+    (gateway, key, jwks)
+}
+
 #[tokio::test]
 async fn in_either_mode_a_token_no_key_can_verify_is_asked_about_each_time_never_learnt() {
     // A kid the JWKS does not hold: no key can decide, so `either` lets the upstream judge it
     // (`unknown = "upstream"`) — every time, since a record would stand in for a signature.
     let upstream = TestUpstream::http().await;
-    let key = TestKey::rsa_a();
-    let jwks = JwksServer::start(&[(&key, "k1")]).await;
-    let gateway = gateway(&upstream, &["RS256"], |c| {
-        c.tokens.mode = TokenMode::Either;
-        c.tokens.signature.jwks_url = Some(jwks.url.clone());
-    })
-    .await;
+    let (gateway, _, _jwks) = either_with_k1(&upstream).await;
     let token = TestKey::rsa_b().token(Some("rotated-away"));
     for asked in 1..=2 {
         let answer = get(&gateway, "/v2/accounts/account-1", &token).await;
@@ -400,13 +407,7 @@ async fn in_either_mode_a_bad_signature_under_a_known_kid_is_refused_never_defer
     // key can decide on: refused as `bad_signature`, never shown to the upstream. Only a kid
     // no key answers to takes the unknown-token path.
     let upstream = TestUpstream::http().await;
-    let key = TestKey::rsa_a();
-    let jwks = JwksServer::start(&[(&key, "k1")]).await;
-    let gateway = gateway(&upstream, &["RS256"], |c| {
-        c.tokens.mode = TokenMode::Either;
-        c.tokens.signature.jwks_url = Some(jwks.url.clone());
-    })
-    .await;
+    let (gateway, key, _jwks) = either_with_k1(&upstream).await;
     let path = "/v2/accounts/account-1";
     let forged = TestKey::rsa_b().token(Some("k1"));
     let tampered = tampered(&key.token(Some("k1")));
