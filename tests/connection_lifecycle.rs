@@ -546,8 +546,10 @@ async fn a_forwarded_body_that_stalls_either_way_is_cut_at_the_upstream_body_tim
         took >= stall && took < stall + MARGIN,
         "answered after {took:?}"
     );
+    // The upstream may have begun the request (its head and the first bytes; the echo records
+    // a body cut off as empty); it must never get the whole body.
     assert!(
-        upstream.seen().is_empty(),
+        upstream.seen().iter().all(|seen| seen.body.len() < 100),
         "the upstream never got a whole request"
     );
     gateway.shutdown().await;
