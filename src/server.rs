@@ -222,6 +222,9 @@ impl Server {
             current: self.current.clone(),
         });
         let threads = 1 + self.listener.more.len();
+        // A serving thread's runtime drives the upstream connections it opened, which other
+        // threads' requests may be using: each runtime lives on until every thread has drained.
+        let (release, released) = watch::channel(false);
         let cpus = self.cpus.unwrap_or_default();
         if let (true, Some(&cpu)) = (self.pin_caller, cpus.first()) {
             pin(cpu);
@@ -239,8 +242,8 @@ impl Server {
         for (index, data) in self.listener.more.into_iter().enumerate() {
             let authz = authz_more.next();
             let cpu = cpus.get(index + 1).copied();
-            let stop = data_stopped.clone();
-            match serve_on_thread(index + 1, cpu, planes.clone(), data, authz, stop) {
+            let signals = (data_stopped.clone(), released.clone());
+            match serve_on_thread(index + 1, cpu, planes.clone(), data, authz, signals) {
                 Ok(served) => serving.push(served),
                 // Its sockets are closed with it: the kernel spreads connections over the rest.
                 Err(error) => tracing::error!(%error, "cannot start a serving thread"),
@@ -292,6 +295,7 @@ impl Server {
                 tracing::error!("a serving thread failed");
             }
         }
+        let _ = release.send(true);
         if let Some(watcher) = watcher {
             let _ = watcher.await;
         }
@@ -370,14 +374,15 @@ fn serve_here(
 }
 
 /// Serves a further thread's sockets on a thread of their own, with its own single-threaded
-/// runtime.
+/// runtime, until `stop`; the runtime (and the upstream connections it drives) is kept until
+/// `released`.
 fn serve_on_thread(
     index: usize,
     cpu: Option<usize>,
     planes: Arc<Planes>,
     data: std::net::TcpListener,
     authz: Option<std::net::TcpListener>,
-    stop: watch::Receiver<bool>,
+    (stop, released): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) -> std::io::Result<Served> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -398,6 +403,7 @@ fn serve_on_thread(
                     (Ok(data), Ok(authz)) => {
                         planes.serve(data, authz, stop).await;
                         let _ = done.send(());
+                        stopped(released).await;
                     }
                     (Err(error), _) | (_, Err(error)) => {
                         tracing::error!(%error, "a serving thread cannot take its sockets");
