@@ -46,6 +46,8 @@ pub struct Generation {
     /// file): a reload whose references are unchanged but whose keys changed (a rotated Secret)
     /// builds a new verifier, and with it an empty verified cache.
     keys_digest: Option<[u8; 32]>,
+    /// SHA-256 of `upstream.ca_file`'s contents, when set: a renewed CA rebuilds the client.
+    upstream_digest: Option<[u8; 32]>,
 }
 
 impl Generation {
@@ -55,7 +57,18 @@ impl Generation {
         shared: &Shared,
         previous: Option<&Generation>,
     ) -> Result<Generation, StartError> {
-        let upstream = Upstream::new(&config.upstream)?;
+        // A reload that leaves `[upstream]` and its CA as they were keeps the client, and with
+        // it the open connections: rebuilding would drop them all and reconnect under load.
+        let upstream_digest = upstream_ca_digest(&config);
+        let upstream = match previous {
+            Some(old)
+                if old.config.upstream == config.upstream
+                    && old.upstream_digest == upstream_digest =>
+            {
+                old.gateway.upstream().clone()
+            }
+            _ => Arc::new(Upstream::new(&config.upstream)?),
+        };
         let settings = config
             .tokens
             .mode
@@ -125,6 +138,7 @@ impl Generation {
             api,
             limiter,
             keys_digest,
+            upstream_digest,
         })
     }
 }
@@ -192,6 +206,14 @@ fn key_material_digest(settings: &SignatureSettings) -> [u8; 32] {
         digest.update(Sha256::digest(std::fs::read(path).unwrap_or_default()));
     }
     digest.finalize().into()
+}
+
+/// SHA-256 of the upstream's extra CA file, when one is set (an unreadable one hashes as empty:
+/// the client built from it failed or will fail on its own).
+fn upstream_ca_digest(config: &Config) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let path = config.upstream.ca_file.as_ref()?;
+    Some(Sha256::digest(std::fs::read(path).unwrap_or_default()).into())
 }
 
 /// The files a configuration refers to (secrets, keys, CAs): a change to one of them is a change

@@ -386,3 +386,35 @@ async fn the_authz_path_prefix_reloads_live_and_its_listener_needs_a_restart() {
     assert_eq!(status("/two/v2/carts").await, StatusCode::OK);
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_that_leaves_the_upstream_as_it_was_keeps_its_connections() {
+    let upstream = TestUpstream::http().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("account-gate.toml");
+    write(
+        &path,
+        &config_text(&upstream.url, "config_poll_interval = \"0s\""),
+    );
+    let gateway = TestGateway::from_file(&path).start().await;
+    let reloader = gateway.reloader.as_ref().expect("reloader");
+    assert_eq!(get(&gateway.url("/v2/carts")).await.0, StatusCode::OK);
+    assert_eq!(upstream.connections(), 1);
+
+    // Another section changes: the pooled connection serves on.
+    let mut text = config_text(&upstream.url, "config_poll_interval = \"0s\"");
+    text.push_str("[rate_limit]\nsignup_per_ip = 7\n");
+    write(&path, &text);
+    reloader.reload().await.expect("reloaded");
+    assert_eq!(get(&gateway.url("/v2/carts")).await.0, StatusCode::OK);
+    assert_eq!(upstream.connections(), 1, "the connection was kept");
+
+    // `[upstream]` changes: a new client, new connections.
+    text.push_str("[upstream]\nresponse_timeout = \"7s\"\n");
+    let text = text.replacen(&format!("[upstream]\nurl = \"{}\"\n", upstream.url), "", 1)
+        + &format!("url = \"{}\"\n", upstream.url);
+    write(&path, &text);
+    reloader.reload().await.expect("reloaded");
+    assert_eq!(get(&gateway.url("/v2/carts")).await.0, StatusCode::OK);
+    assert_eq!(upstream.connections(), 2, "a new client connects anew");
+}

@@ -143,7 +143,7 @@ impl Default for Exchange {
 
 /// State shared by every connection of the data plane.
 pub struct Gateway {
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     signup: Signup,
     validator: Arc<Validator>,
     /// Headers removed from every request as it arrives: the identity headers (only the
@@ -159,7 +159,7 @@ impl Gateway {
     /// tokens with `validator`, removing `strip_request_headers` from every request, and
     /// counting into `metrics`.
     pub fn new(
-        upstream: Upstream,
+        upstream: Arc<Upstream>,
         signup: Signup,
         validator: Arc<Validator>,
         strip_request_headers: &[String],
@@ -189,6 +189,11 @@ impl Gateway {
     /// A body streaming from either side, cut if it pauses for `upstream.body_timeout`.
     fn streamed(&self, body: Incoming) -> Body {
         stall::Stalled::new(body, self.upstream.body_timeout()).boxed_unsync()
+    }
+
+    /// The upstream client, with its pool of connections.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
     }
 
     /// Answers one request from `peer`. Never fails: every problem becomes an HTTP answer.
