@@ -272,6 +272,7 @@ impl Signup {
             .and_then(|v| v.parse::<u64>().ok());
         // Refused before a byte of the body is read: the client may not even be sending it.
         if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
+            linger(headers, body);
             return Err((None, too_large));
         }
         // A whole-body deadline, not a per-chunk one: a byte a second must not hold the request
@@ -281,7 +282,7 @@ impl Signup {
         let bytes = match tokio::time::timeout_at(deadline, read).await {
             Ok(Ok(Ok(bytes))) => bytes,
             Ok(Ok(Err(rest))) => {
-                let _ = tokio::time::timeout_at(deadline, drain(rest)).await;
+                linger(headers, rest);
                 return Err((None, too_large));
             }
             Ok(Err(_)) => return Err((None, SignupError::BodyRead)),
@@ -352,13 +353,25 @@ struct Learner {
     mechanism: Mechanism,
 }
 
-/// How much of a body found over the limit as it streams in is read and thrown away before the
-/// `413` goes out. Closing a connection with unread bytes in it makes the kernel reset it, and a
-/// reset can destroy the answer before the client has read it: a client still sending gets a
-/// broken connection instead of its `413` (nginx's lingering close exists for the same reason).
-/// Past this much, or the body deadline, the connection is simply closed. A body declared
-/// over the limit is refused before it is read at all.
+/// How much of a refused body is read and thrown away after the `413` has gone out, and for how
+/// long. Closing a connection with unread bytes in it makes the kernel reset it, and a reset can
+/// destroy the answer before the client has read it: a client still sending would get a broken
+/// connection instead of its `413`. So the answer goes out at once and the rest of the body is
+/// read in the background, as nginx's lingering close does; past either bound the connection is
+/// simply closed.
 const DRAIN_AT_MOST: usize = 4 * 1024 * 1024;
+const LINGER_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Drains what is left of a refused `body` in the background (see [`DRAIN_AT_MOST`]), unless
+/// the client waits for `100 Continue` and so has sent nothing.
+fn linger(headers: &HeaderMap, body: Incoming) {
+    if headers.contains_key(header::EXPECT) {
+        return;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(LINGER_FOR, drain(body)).await;
+    });
+}
 
 /// The whole of `body` when it holds at most `limit` bytes; else what is left of it, past the
 /// chunk that went over. One chunk is returned as it came, without a copy.
