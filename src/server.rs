@@ -8,9 +8,9 @@
 //! them, as nginx's workers do. A connection lives and dies on one thread: no work-stealing,
 //! no wake-up crossing threads. On two cores that served 1.33 times the proxied GETs of one
 //! multi-thread runtime with a worker per core, and as many as two single-core processes
-//! (`benches/README.md`, 2026-11-30). The first thread is the caller's (its runtime also runs the admin listener, reloads and the store's
-//! background work); everything the threads share (the generation, the store, metrics, the
-//! connection limit) is shared across threads anyway.
+//! (`benches/README.md`, 2026-11-30). The first thread is the caller's (its runtime also runs
+//! the admin listener, reloads and the store's background work); everything the threads share
+//! (the generation, the store, metrics, the connection limit) is shared across threads anyway.
 
 use std::future::Future;
 use std::net::SocketAddr;

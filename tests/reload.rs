@@ -21,6 +21,15 @@ fn config_text(upstream: &str, extra: &str) -> String {
     )
 }
 
+/// A scratch directory holding `account-gate.toml` with `text`, and that file's path. Keep the
+/// directory: dropping it removes the file.
+fn config_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("account-gate.toml");
+    write(&path, text);
+    (dir, path)
+}
+
 fn write(path: &std::path::Path, text: &str) {
     // Replace the file in one step, as a ConfigMap update does (new file, then rename).
     let tmp = path.with_extension("tmp");
@@ -42,12 +51,7 @@ fn reloads(metrics: &str, outcome: &str) -> u64 {
 #[tokio::test]
 async fn a_valid_change_is_swapped_in_under_load_without_a_failed_request() {
     let (old, new) = (TestUpstream::http().await, TestUpstream::http().await);
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("account-gate.toml");
-    write(
-        &path,
-        &config_text(&old.url, "config_poll_interval = \"0s\""),
-    );
+    let (_dir, path) = config_file(&config_text(&old.url, "config_poll_interval = \"0s\""));
     let gateway = TestGateway::from_file(&path).start().await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -109,12 +113,7 @@ async fn a_valid_change_is_swapped_in_under_load_without_a_failed_request() {
 #[tokio::test]
 async fn an_invalid_change_is_refused_and_the_old_configuration_keeps_serving() {
     let upstream = TestUpstream::http().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("account-gate.toml");
-    write(
-        &path,
-        &config_text(&upstream.url, "config_poll_interval = \"0s\""),
-    );
+    let (_dir, path) = config_file(&config_text(&upstream.url, "config_poll_interval = \"0s\""));
     let gateway = TestGateway::from_file(&path).start().await;
     let reloader = gateway.reloader.as_ref().expect("reloader");
 
@@ -142,12 +141,7 @@ async fn an_invalid_change_is_refused_and_the_old_configuration_keeps_serving() 
 #[tokio::test]
 async fn a_changed_file_is_reloaded_by_itself_and_fixed_settings_are_reported() {
     let (old, new) = (TestUpstream::http().await, TestUpstream::http().await);
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("account-gate.toml");
-    write(
-        &path,
-        &config_text(&old.url, "config_poll_interval = \"100ms\""),
-    );
+    let (_dir, path) = config_file(&config_text(&old.url, "config_poll_interval = \"100ms\""));
     let gateway = TestGateway::from_file(&path).start().await;
     assert_eq!(get(&gateway.url("/v2/carts")).await.0, StatusCode::OK);
     assert_eq!(old.calls(), 1);
@@ -192,12 +186,7 @@ fn sighup_reloads_the_running_binary() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (old, new) =
         runtime.block_on(async { (TestUpstream::http().await, TestUpstream::http().await) });
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("account-gate.toml");
-    write(
-        &path,
-        &config_text(&old.url, "config_poll_interval = \"0s\""),
-    );
+    let (_dir, path) = config_file(&config_text(&old.url, "config_poll_interval = \"0s\""));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_account-gate"))
         .args(["run", "--config"])
         .arg(&path)
@@ -390,12 +379,7 @@ async fn the_authz_path_prefix_reloads_live_and_its_listener_needs_a_restart() {
 #[tokio::test]
 async fn a_reload_that_leaves_the_upstream_as_it_was_keeps_its_connections() {
     let upstream = TestUpstream::http().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("account-gate.toml");
-    write(
-        &path,
-        &config_text(&upstream.url, "config_poll_interval = \"0s\""),
-    );
+    let (_dir, path) = config_file(&config_text(&upstream.url, "config_poll_interval = \"0s\""));
     let gateway = TestGateway::from_file(&path).start().await;
     let reloader = gateway.reloader.as_ref().expect("reloader");
     assert_eq!(get(&gateway.url("/v2/carts")).await.0, StatusCode::OK);
