@@ -48,6 +48,8 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 struct Sink {
     lines: Arc<Lines>,
     json: bool,
+    /// Whether the filter lets access lines through.
+    access: bool,
 }
 
 /// Lines dropped because the output could not keep up, since start.
@@ -89,6 +91,7 @@ pub fn init(config: &LogConfig, telemetry: Option<&Telemetry>) -> LogGuard {
             let _ = SINK.set(Sink {
                 lines: buffer,
                 json: config.format == LogFormat::Json,
+                access: access::filter_allows(),
             });
         }
         // Another subscriber was there first: this buffer's thread has nothing to write.
