@@ -12,7 +12,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// jemalloc: a proxy allocates and frees many small buffers per request, and glibc's malloc
 /// spends much of that time consolidating free chunks. Measured in one run against the system
 /// allocator (4 alternating rounds, one core): +2 % proxied GETs, +11 % sign-ups, +1.5 MiB idle
-/// RSS (mimalloc was as fast but cost 7.5 MiB more idle, over the sidecar budget).
+/// RSS (mimalloc was as fast but cost 7.5 MiB more idle, over the sidecar budget). Its options
+/// (a background thread returning freed pages after 300 ms) are compiled in from
+/// `.cargo/config.toml`, which says why.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

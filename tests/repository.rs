@@ -41,8 +41,23 @@ fn the_image_is_labelled_and_built_without_the_emulator() {
     }
     assert!(dockerfile.contains("--no-default-features --bin account-gate"));
     assert!(dockerfile.contains("ENV ACCOUNT_GATE_REVISION=${REVISION}"));
-    // The build context lets in what the build script needs.
-    assert!(read(".dockerignore").lines().any(|l| l == "!build.rs"));
+    // The build context lets in what the build script needs, and the allocator's compiled-in
+    // options, which the dependency layer (built before the sources are copied) reads.
+    let ignore = read(".dockerignore");
+    assert!(ignore.lines().any(|l| l == "!build.rs"));
+    assert!(ignore.lines().any(|l| l == "!.cargo/config.toml"));
+    let (cargo_dir, dependencies) = (
+        dockerfile
+            .find("COPY .cargo ./.cargo")
+            .expect("no COPY of .cargo"),
+        dockerfile.find("cargo build").expect("no cargo build"),
+    );
+    assert!(
+        cargo_dir < dependencies,
+        ".cargo is copied after the first build"
+    );
+    assert!(read(".cargo/config.toml")
+        .contains("JEMALLOC_SYS_WITH_MALLOC_CONF = \"background_thread:true"));
     let manifest = read("Cargo.toml");
     assert!(manifest.contains("default = [\"emulator\"]"));
     // The label's version is the manifest's.
