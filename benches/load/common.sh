@@ -99,6 +99,32 @@ http {
 NGINX
 }
 
+# nginx as a plain reverse proxy to the upstream on UPSTREAM_PORT (keep-alive connections to
+# it, no check of any kind), as an nginx configuration on stdout. LOG is the access_log
+# directive (`access_log /dev/stderr;` or `access_log off;`).
+nginx_proxy_conf() { # port upstream_port workdir workers log
+  cat <<NGINX
+worker_processes $4;
+daemon off;
+pid $3/proxy.pid;
+error_log $3/proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+  $5
+  upstream origin { server 127.0.0.1:$2; keepalive 64; }
+  server {
+    listen 127.0.0.1:$1;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+}
+
 # A named pipe $work/NAME.pipe that a `cat` on the load core drains, as a container runtime
 # drains a process's stderr.
 drained_pipe() { # name

@@ -69,26 +69,7 @@ else
   nginx_access="access_log off;"
   haproxy_log=""
 fi
-cat > "$work/nginx-proxy.conf" <<NGINX
-worker_processes $PROXY_CORES;
-daemon off;
-pid $work/proxy.pid;
-error_log $work/proxy-error.log warn;
-events { worker_connections 4096; }
-http {
-  $nginx_access
-  upstream origin { server 127.0.0.1:$UP; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NGX;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
+nginx_proxy_conf "$NGX" "$UP" "$work" "$PROXY_CORES" "$nginx_access" > "$work/nginx-proxy.conf"
 # HAProxy doing what the gateway does in signature mode: one token header, alg pinned, signature,
 # exp not past, scope equal to the account id in the path.
 haproxy_frontend() { # name port alg key
