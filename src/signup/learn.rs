@@ -1,12 +1,11 @@
 //! Reading the upstream's `201` answer to a token request: one record per issued token.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
 
+use super::Text;
 use crate::store::{Fingerprint, TokenRecord};
 use crate::token::claims;
 
@@ -47,32 +46,6 @@ struct IssuedToken<'a> {
     account_name: Option<String>,
     #[serde(default, borrow)]
     expires: Option<Text<'a>>,
-}
-
-/// A string of the body, borrowed unless it holds escapes. (serde borrows a `Cow<str>` field
-/// only when it is not inside an `Option`.)
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-        impl<'de> Visitor<'de> for TextVisitor {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
-        }
-        deserializer.deserialize_str(TextVisitor)
-    }
 }
 
 /// The records to store for a `201` body. All or nothing: a body with one unusable entry

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::{Mechanism, SignupError, SignupPolicy};
+use super::{Mechanism, SignupError, SignupPolicy, Text};
 
 /// What the rest of the sign-up path needs to know about a request that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,31 +305,6 @@ fn folded(key: &str) -> Cow<'_, str> {
     }
 }
 
-/// An object key, borrowed from the body unless it holds escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v)))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
 /// The shape of a JSON value, read by [`Shape`]: what is kept of it depends on where it is.
 trait Keep<'de>: Sized {
     /// A number, boolean or array (already walked), and by default anything but an object.
@@ -420,7 +395,7 @@ impl<'de> Keep<'de> for Ignored {
         map: &mut A,
         keys: &mut Vec<Cow<'de, str>>,
     ) -> Result<Self, A::Error> {
-        while let Some(Key(key)) = map.next_key()? {
+        while let Some(Text(key)) = map.next_key()? {
             map.next_value_seed(Shape::<Ignored>::new())?;
             keys.push(key);
         }
@@ -455,7 +430,7 @@ impl<'de> Keep<'de> for Member<'de> {
         _: &mut Vec<Cow<'de, str>>,
     ) -> Result<Self, A::Error> {
         let mut fields = Vec::new();
-        while let Some(Key(key)) = map.next_key()? {
+        while let Some(Text(key)) = map.next_key()? {
             let value = map.next_value_seed(Shape::<Field>::new())?;
             fields.push((key, value));
         }
@@ -473,7 +448,7 @@ impl<'de> Keep<'de> for Document<'de> {
         keys: &mut Vec<Cow<'de, str>>,
     ) -> Result<Self, A::Error> {
         let mut data = None;
-        while let Some(Key(key)) = map.next_key()? {
+        while let Some(Text(key)) = map.next_key()? {
             if key == "data" {
                 data = Some(map.next_value_seed(Shape::<Member>::new())?);
             } else {
