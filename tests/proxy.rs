@@ -59,8 +59,15 @@ async fn passes_every_method_and_body_size_byte_exact_over_http() {
     let upstream = TestUpstream::http().await;
     let gateway = TestGateway::new(&upstream.url).start().await;
     assert_passthrough(&upstream, &gateway, Version::HTTP_11).await;
-    // Sequential requests reuse one pooled connection.
-    assert_eq!(upstream.connections(), 1);
+    // Sequential requests reuse a pooled connection: eight requests, one connection, or two
+    // when a request came in the moment between the client reading the last byte of a 1 MiB
+    // answer and the upstream connection's own task marking it ready again (hyper does that
+    // after handing on the last frame), where the pool has none ready and opens another.
+    let connections = upstream.connections();
+    assert!(
+        (1..=2).contains(&connections),
+        "{connections} upstream connections for 8 sequential requests"
+    );
     gateway.shutdown().await;
 }
 
