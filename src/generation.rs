@@ -4,7 +4,10 @@
 //! the metrics, the rate-limit counts and the signature verifier (when their settings did not
 //! change) — is carried over.
 
+use std::path::Path;
 use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
 
 use crate::admin_api::AdminApi;
 use crate::config::SecretError;
@@ -193,7 +196,6 @@ fn validator_settings(config: &Config) -> ValidatorSettings {
 
 /// SHA-256 over the key material of `settings`, each piece length-prefixed.
 fn key_material_digest(settings: &SignatureSettings) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
     let pieces = settings.hs256_secret.iter().chain(&settings.public_keys);
     for piece in pieces {
@@ -203,17 +205,20 @@ fn key_material_digest(settings: &SignatureSettings) -> [u8; 32] {
     digest.update([u8::from(settings.hs256_secret.is_some())]);
     // The JWKS endpoint's extra CA is read when the verifier is built: a renewed one counts too.
     if let Some(path) = &settings.jwks_ca_file {
-        digest.update(Sha256::digest(std::fs::read(path).unwrap_or_default()));
+        digest.update(file_digest(path));
     }
     digest.finalize().into()
 }
 
-/// SHA-256 of the upstream's extra CA file, when one is set (an unreadable one hashes as empty:
-/// the client built from it failed or will fail on its own).
+/// SHA-256 of the upstream's extra CA file, when one is set.
 fn upstream_ca_digest(config: &Config) -> Option<[u8; 32]> {
-    use sha2::{Digest, Sha256};
-    let path = config.upstream.ca_file.as_ref()?;
-    Some(Sha256::digest(std::fs::read(path).unwrap_or_default()).into())
+    config.upstream.ca_file.as_deref().map(file_digest)
+}
+
+/// SHA-256 of a referenced file's contents. An unreadable file hashes as empty: whatever is
+/// built from it failed or will fail on its own, and a later readable version still differs.
+fn file_digest(path: &Path) -> [u8; 32] {
+    Sha256::digest(std::fs::read(path).unwrap_or_default()).into()
 }
 
 /// The files a configuration refers to (secrets, keys, CAs): a change to one of them is a change
