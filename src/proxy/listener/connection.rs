@@ -134,8 +134,11 @@ impl Tracker {
         u64::try_from(at.duration_since(self.accepted).as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The end of the millisecond `millis` (as [`Tracker::millis`] truncates): a deadline
+    /// counted from it never falls due before its full length has passed. Every connection's
+    /// moments move alike, so their order (the idlest first) is kept.
     fn at(&self, millis: u64) -> Instant {
-        self.accepted + Duration::from_millis(millis)
+        self.accepted + Duration::from_millis(millis.saturating_add(1))
     }
 
     /// A request head was complete and its handler is starting.
@@ -452,15 +455,20 @@ mod tests {
         // A request in flight: nothing is due.
         let guard = RequestGuard::new(tracker.clone(), None, false);
         assert_eq!(tracker.next_deadline(now, &limits).1, None);
-        // Its answer written: idle from then on.
+        // Its answer written: idle from then on, and never due before the full idle timeout
+        // has passed, though moments are kept in whole milliseconds.
+        let finishing = Instant::now();
         drop(guard);
         let (due, reason) = tracker.next_deadline(now, &limits);
         assert_eq!(reason, Some(CloseReason::Idle));
-        assert!(due >= accepted + limits.idle);
+        assert!(due >= finishing + limits.idle);
+        assert!(due <= Instant::now() + limits.idle + Duration::from_millis(1));
         // The next head starts arriving: the header deadline again, from its first byte.
+        let arriving = Instant::now();
         tracker.bytes_read();
         let (due, reason) = tracker.next_deadline(now, &limits);
         assert_eq!(reason, Some(CloseReason::HeaderTimeout));
-        assert!(due <= Instant::now() + limits.header_read);
+        assert!(due >= arriving + limits.header_read);
+        assert!(due <= Instant::now() + limits.header_read + Duration::from_millis(1));
     }
 }
