@@ -222,9 +222,8 @@ impl Server {
             current: self.current.clone(),
         });
         let threads = 1 + self.listener.more.len();
-        // A serving thread's runtime is the reactor of the upstream connections it opened, which
-        // other threads' requests may be using: each runtime lives on until every thread has
-        // drained.
+        // A serving thread's runtime drives the upstream connections it opened, which other
+        // threads' requests may be using: each runtime lives on until every thread has drained.
         let (release, released) = watch::channel(false);
         let cpus = self.cpus.unwrap_or_default();
         if let (true, Some(&cpu)) = (self.pin_caller, cpus.first()) {
@@ -375,8 +374,8 @@ fn serve_here(
 }
 
 /// Serves a further thread's sockets on a thread of their own, with its own single-threaded
-/// runtime, until `stop`; the runtime (the reactor of the upstream connections it opened) is
-/// kept until `released`.
+/// runtime, until `stop`; the runtime (and the upstream connections it drives) is kept until
+/// `released`.
 fn serve_on_thread(
     index: usize,
     cpu: Option<usize>,

@@ -53,7 +53,7 @@ fn serving_thread() -> usize {
 }
 pub use headers::{strip_hop_by_hop, X_REQUEST_ID};
 pub use listener::{serve, CloseAfter, CloseReason, InFlight, ListenerSettings, Places};
-pub use upstream::{AnswerBody, ConnectError, Upstream, UpstreamError, UpstreamSetupError};
+pub use upstream::{ConnectError, Upstream, UpstreamError, UpstreamSetupError};
 
 /// The error type of every body the gateway sends or forwards.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -187,11 +187,7 @@ impl Gateway {
     }
 
     /// A body streaming from either side, cut if it pauses for `upstream.body_timeout`.
-    fn streamed<B>(&self, body: B) -> Body
-    where
-        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    fn streamed(&self, body: Incoming) -> Body {
         stall::Stalled::new(body, self.upstream.body_timeout()).boxed_unsync()
     }
 
@@ -494,7 +490,7 @@ impl Gateway {
         peer: SocketAddr,
         request_id: &HeaderValue,
         exchange: &mut Exchange,
-    ) -> Result<Response<AnswerBody>, GatewayError> {
+    ) -> Result<Response<Incoming>, GatewayError> {
         // HTTP/2 clients send `:authority` instead of `Host`.
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts

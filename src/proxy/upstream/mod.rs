@@ -4,8 +4,7 @@
 //! Why not hyper-util's pooled client: it serves any number of hosts, so every request hashes a
 //! pool key, locks a map, and spawns a task to hand the connection back once its body is read —
 //! about a sixth of the gateway's own work per proxied request (callgrind, `benches/load`). One
-//! upstream needs one list ([`pool`]), and an HTTP/1.1 connection needs no task of its own
-//! ([`driven`]). At most `upstream.max_connections` are open; a request
+//! upstream needs one list ([`pool`]). At most `upstream.max_connections` are open; a request
 //! that finds none free waits for one up to `connect_timeout`, then gets 503.
 
 use std::io;
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,11 +25,8 @@ use tokio_rustls::TlsConnector;
 
 use super::Body;
 use crate::config::UpstreamConfig;
-pub use driven::AnswerBody;
-use driven::Http1;
 use pool::{Opening, Pool, Sender};
 
-mod driven;
 mod pool;
 
 /// Why a connection to the upstream could not be opened.
@@ -212,7 +209,7 @@ impl Upstream {
         &self,
         request: Request<Body>,
         sent: Instant,
-    ) -> Result<(Response<AnswerBody>, Instant), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
         self.exchange(request, sent, later(sent, self.response_timeout))
             .await
     }
@@ -223,7 +220,7 @@ impl Upstream {
         mut request: Request<Body>,
         sent: Instant,
         deadline: tokio::time::Instant,
-    ) -> Result<(Response<AnswerBody>, Instant), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
         let timed_out = || UpstreamError::Timeout(self.response_timeout);
         // A pooled connection may turn out closed before the request was written (the upstream
         // dropped it while idle, or sent an HTTP/2 GOAWAY); hyper then hands the request back
@@ -254,9 +251,9 @@ impl Upstream {
                         return Err(timed_out());
                     };
                     drop(stream);
-                    answer.map(|response| (response.map(AnswerBody::shared), Instant::now()))
+                    answer.map(|response| (response, Instant::now()))
                 }
-                Sender::Http1(mut connection) => {
+                Sender::Http1(mut sender, thread, timer) => {
                     if request.uri().scheme().is_some() {
                         // Handed back by an HTTP/2 connection: HTTP/1.1 wants the origin form.
                         *request.uri_mut() = origin_form(request.uri());
@@ -265,22 +262,22 @@ impl Upstream {
                     // later than the one it holds costs tokio one atomic exchange, where a timer
                     // per request was put into the timer wheel and taken out again, each under
                     // the wheel's lock.
-                    let mut timer = match connection.timer.take() {
+                    let mut timer = match timer {
                         Some(mut timer) => {
                             timer.as_mut().reset(deadline);
                             timer
                         }
                         None => Box::pin(tokio::time::sleep_until(deadline)),
                     };
-                    let Some(answer) = connection.exchange(request, timer.as_mut()).await else {
-                        return Err(timed_out());
+                    let answer = tokio::select! {
+                        biased;
+                        answer = sender.try_send_request(request) => answer,
+                        () = timer.as_mut() => return Err(timed_out()),
                     };
-                    connection.timer = Some(timer);
                     answer.map(|response| {
                         let arrived = Instant::now();
-                        let pool = self.pool.clone();
-                        let body = |body| AnswerBody::held(body, connection, pool, arrived);
-                        (response.map(body), arrived)
+                        self.pool.put(sender, thread, timer, arrived);
+                        (response, arrived)
                     })
                 }
             };
@@ -385,7 +382,8 @@ impl Upstream {
         let (sender, connection) = http1::handshake(stream)
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Http(e)))?;
-        Ok(Sender::Http1(Http1::new(sender, connection, permit)))
+        tokio::spawn(drive(connection, permit));
+        Ok(Sender::Http1(sender, super::serving_thread(), None))
     }
 }
 
@@ -427,7 +425,7 @@ fn origin_form(uri: &Uri) -> Uri {
     Uri::from(path_and_query(uri))
 }
 
-/// Runs one HTTP/2 upstream connection until it closes, then frees its place.
+/// Runs one upstream connection until it closes, then frees its place.
 async fn drive<F: std::future::Future<Output = hyper::Result<()>>>(
     connection: F,
     permit: OwnedSemaphorePermit,
@@ -475,62 +473,31 @@ mod tests {
         true
     }
 
-    /// An upstream on a free port that hands each connection it accepts to a task running
-    /// `serve`. Returns its URL and the count of connections accepted.
-    async fn upstream_serving<F, S>(serve: F) -> (String, Arc<AtomicUsize>)
-    where
-        F: Fn(TcpStream) -> S + Send + 'static,
-        S: std::future::Future<Output = ()> + Send + 'static,
-    {
+    /// An upstream that answers the first request of each connection and keeps it open, then
+    /// reads the next request and closes without a word: the upstream side of the keep-alive
+    /// race. Returns its URL and the count of connections accepted.
+    async fn closes_after_one_answer() -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
         tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((mut stream, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream));
+                tokio::spawn(async move {
+                    if read_head(&mut stream).await {
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        let _ = stream.write_all(answer).await;
+                        read_head(&mut stream).await;
+                    }
+                });
             }
         });
         (url, accepted)
     }
 
-    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-
-    /// An upstream that answers the first request of each connection and keeps it open, then
-    /// reads the next request and closes without a word: the upstream side of the keep-alive
-    /// race.
-    async fn closes_after_one_answer() -> (String, Arc<AtomicUsize>) {
-        upstream_serving(|mut stream| async move {
-            if read_head(&mut stream).await {
-                let _ = stream.write_all(OK).await;
-                read_head(&mut stream).await;
-            }
-        })
-        .await
-    }
-
-    /// An upstream that gives every request `answer`, keeping its connections open.
-    async fn answering(answer: &'static [u8]) -> (String, Arc<AtomicUsize>) {
-        upstream_serving(move |mut stream| async move {
-            while read_head(&mut stream).await {
-                if stream.write_all(answer).await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await
-    }
-
     fn upstream(url: &str) -> Upstream {
-        let mut upstream = Upstream::new(&upstream_config(url)).expect("upstream");
-        // Every pooled connection counts as idle long enough.
-        upstream.replay_after_idle = Duration::ZERO;
-        upstream
-    }
-
-    fn upstream_config(url: &str) -> UpstreamConfig {
-        UpstreamConfig {
+        let config = UpstreamConfig {
             url: url.parse().expect("url"),
             ca_file: None,
             connect_timeout: Duration::from_secs(5),
@@ -539,23 +506,19 @@ mod tests {
             pool_max_idle_per_host: 8,
             max_connections: 16,
             body_timeout: Duration::from_secs(5),
-        }
+        };
+        let mut upstream = Upstream::new(&config).expect("upstream");
+        // Every pooled connection counts as idle long enough.
+        upstream.replay_after_idle = Duration::ZERO;
+        upstream
     }
 
-    /// The answer to a bodiless `method` request, its body still to be read.
-    async fn answer(
-        upstream: &Upstream,
-        method: Method,
-    ) -> Result<Response<AnswerBody>, UpstreamError> {
+    async fn send(upstream: &Upstream, method: Method) -> Result<StatusCode, UpstreamError> {
         let mut request = Request::new(super::super::full_body(bytes::Bytes::new()));
         *request.method_mut() = method;
         *request.uri_mut() = Uri::from_static("/v2/carts");
         upstream.retarget(&mut request);
-        Ok(upstream.send(request, Instant::now()).await?.0)
-    }
-
-    async fn send(upstream: &Upstream, method: Method) -> Result<StatusCode, UpstreamError> {
-        let response = answer(upstream, method).await?;
+        let (response, _) = upstream.send(request, Instant::now()).await?;
         let status = response.status();
         // Read the answer whole, and wait for hyper to mark its connection ready again, so the
         // next request takes it from the pool.
@@ -564,7 +527,7 @@ mod tests {
         while Instant::now() < deadline
             && !lock(&upstream.pool.http1)
                 .iter()
-                .any(|entry| entry.connection.sender.is_ready())
+                .any(|entry| entry.sender.is_ready())
         {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -590,14 +553,20 @@ mod tests {
     #[tokio::test]
     async fn a_pooled_connection_times_out_at_its_new_request_deadline() {
         // Answers the first request, then reads the second and stays silent.
-        let (url, _) = upstream_serving(|mut stream| async move {
-            if read_head(&mut stream).await {
-                let _ = stream.write_all(OK).await;
-                read_head(&mut stream).await;
-                tokio::time::sleep(Duration::from_secs(10)).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if read_head(&mut stream).await {
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        let _ = stream.write_all(answer).await;
+                        read_head(&mut stream).await;
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                });
             }
-        })
-        .await;
+        });
         let mut upstream = upstream(&url);
         let timeout = Duration::from_millis(300);
         upstream.response_timeout = timeout;
@@ -632,88 +601,5 @@ mod tests {
             "{failed:?}"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn an_answer_without_a_body_leaves_its_connection_for_the_next_request() {
-        // A 204 has no body to read: the server may drop it unpolled, which must still count
-        // as read whole.
-        let (url, accepted) = answering(b"HTTP/1.1 204 No Content\r\n\r\n").await;
-        let upstream = upstream(&url);
-        for _ in 0..3 {
-            let response = answer(&upstream, Method::GET).await.expect("answer");
-            assert_eq!(response.status(), StatusCode::NO_CONTENT);
-            assert!(http_body::Body::is_end_stream(response.body()));
-            drop(response);
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn an_answer_given_up_halfway_closes_its_connection_and_frees_its_place() {
-        // Declares more than it sends: the body never ends.
-        let cut = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf";
-        let (url, accepted) = answering(cut).await;
-        let mut upstream = upstream(&url);
-        upstream.pool = Pool::new(&UpstreamConfig {
-            max_connections: 1,
-            ..upstream_config(&url)
-        });
-        for round in 1..=2 {
-            let response = answer(&upstream, Method::GET).await.expect("answer");
-            let mut body = response.into_body();
-            let first = body.frame().await.expect("a frame").expect("data");
-            assert_eq!(first.into_data().ok().as_deref(), Some(&b"half"[..]));
-            // The client goes away: the connection, with the rest of its answer still on the
-            // way, must not be reused, and its one place must come free for the next request.
-            drop(body);
-            assert!(lock(&upstream.pool.http1).is_empty());
-            assert_eq!(upstream.pool.slots.available_permits(), 1);
-            assert_eq!(accepted.load(Ordering::SeqCst), round);
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        assert_eq!(upstream.pool.slots.available_permits(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_pooled_connection_the_upstream_closed_is_noticed_without_a_request() {
-        // Answers one request per connection, then closes it when told: by then the connection
-        // is in the pool, where nothing polls it, so the pool's pruning has to find out.
-        let (close, closing) = tokio::sync::watch::channel(false);
-        let (url, accepted) = upstream_serving(move |mut stream| {
-            let mut closing = closing.clone();
-            async move {
-                if read_head(&mut stream).await {
-                    let _ = stream.write_all(OK).await;
-                    let _ = closing.wait_for(|close| *close).await;
-                }
-            }
-        })
-        .await;
-        let upstream = upstream(&url);
-        assert_eq!(
-            send(&upstream, Method::GET).await.ok(),
-            Some(StatusCode::OK)
-        );
-        assert_eq!(lock(&upstream.pool.http1).len(), 1);
-        let _ = close.send(true);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            upstream.pool.prune();
-            if lock(&upstream.pool.http1).is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the closed connection stayed in the pool"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        // Its place is free again, and a request that may not be sent twice goes out whole on
-        // a new connection.
-        assert_eq!(upstream.pool.slots.available_permits(), 16);
-        let posted = answer(&upstream, Method::POST).await.map(|a| a.status());
-        assert_eq!(posted.ok(), Some(StatusCode::OK));
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }

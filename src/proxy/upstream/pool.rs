@@ -1,41 +1,40 @@
 //! The upstream connections not held by a request: HTTP/1.1 connections kept for reuse, the
 //! HTTP/2 connections every request shares, and the places that cap how many are open.
 //!
-//! A request takes the newest ready HTTP/1.1 connection and holds it until its answer's body
-//! has been read (see [`super::driven`]), or an HTTP/2 connection with fewer than
-//! [`H2_STREAMS`] requests awaiting an answer. Closed and long-idle connections are dropped as
-//! the pool is walked and by a timer.
+//! A request takes the newest HTTP/1.1 connection that is ready and hands it back at once
+//! (hyper marks it ready again when the answer has been read), or an HTTP/2 connection with
+//! fewer than [`H2_STREAMS`] requests awaiting an answer. Closed and long-idle connections are
+//! dropped as the pool is walked and by a timer.
 //!
-//! An HTTP/1.1 connection's socket is registered with the runtime of the serving thread that
-//! opened it (see `crate::server`). A request prefers a connection of its own thread: one of
-//! another thread would be woken through that thread's reactor. It takes another thread's only
-//! when its own has none ready, rather than open one more.
+//! An HTTP/1.1 connection is driven by a task on the serving thread that opened it (see
+//! `crate::server`). A request prefers a connection of its own thread: one of another thread
+//! would wake that thread to write the request and again to hand the answer back. It takes
+//! another thread's only when its own has none ready, rather than open one more.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http2;
+use hyper::client::conn::{http1, http2};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 
 use super::super::Body;
-use super::driven::Http1;
 use crate::config::UpstreamConfig;
 use crate::sync::lock;
 
 /// Open connections not held by a request.
 pub(super) struct Pool {
-    /// HTTP/1.1 connections whose last answer has been read, newest last.
+    /// HTTP/1.1 connections, newest last; each is ready again once its last answer was read.
     pub(super) http1: Mutex<Vec<Idle>>,
     /// HTTP/2 connections, when the upstream negotiated it: shared by every request, one more
     /// opened whenever each has [`H2_STREAMS`] requests waiting for an answer.
     http2: Mutex<Vec<Shared>>,
     max_idle: usize,
     idle_timeout: Duration,
-    /// One permit per open connection, `upstream.max_connections` in all; a connection holds
-    /// its permit until it is dropped (HTTP/1.1) or its task ends (HTTP/2).
+    /// One permit per open connection, `upstream.max_connections` in all; a connection's task
+    /// holds its permit until the connection closes.
     pub(super) slots: Arc<Semaphore>,
     /// `upstream.max_connections`, for the error.
     pub(super) max_connections: usize,
@@ -65,8 +64,11 @@ impl Drop for Opening<'_> {
 }
 
 pub(super) struct Idle {
-    pub(super) connection: Http1,
-    /// When its last answer's head arrived.
+    pub(super) sender: http1::SendRequest<Body>,
+    /// The serving thread whose runtime drives the connection.
+    thread: usize,
+    timer: Timer,
+    /// When it was last handed back.
     since: Instant,
 }
 
@@ -99,7 +101,8 @@ pub(super) type Timer = Option<Pin<Box<Sleep>>>;
 
 /// A connection taken for one request.
 pub(super) enum Sender {
-    Http1(Http1),
+    /// With the serving thread whose runtime drives the connection.
+    Http1(http1::SendRequest<Body>, usize, Timer),
     Http2(http2::SendRequest<Body>, Stream),
 }
 impl Shared {
@@ -152,21 +155,15 @@ impl Pool {
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
-            let entry = &mut idle[i];
-            if self.expired(entry, now) {
+            let entry = &idle[i];
+            if entry.sender.is_closed() || self.expired(entry, now) {
                 idle.remove(i);
                 elsewhere = elsewhere.map(|at: usize| at - 1);
-            } else if entry.connection.thread == here {
-                if entry.connection.usable() {
+            } else if entry.sender.is_ready() {
+                if entry.thread == here {
                     return Some(Self::taken(idle.remove(i), now));
                 }
-                // Ended, or (rarely) still finishing its last answer: looked at again later.
-                if entry.connection.ended() {
-                    idle.remove(i);
-                    elsewhere = elsewhere.map(|at: usize| at - 1);
-                }
-            } else if elsewhere.is_none() && entry.connection.usable() {
-                elsewhere = Some(i);
+                elsewhere = elsewhere.or(Some(i));
             }
         }
         elsewhere.map(|at| Self::taken(idle.remove(at), now))
@@ -174,14 +171,21 @@ impl Pool {
 
     fn taken(entry: Idle, now: Instant) -> (Sender, Duration) {
         (
-            Sender::Http1(entry.connection),
+            Sender::Http1(entry.sender, entry.thread, entry.timer),
             now.duration_since(entry.since),
         )
     }
 
-    /// Takes back an HTTP/1.1 connection whose answer has been read. Beyond `max_idle`, the
-    /// oldest is closed. `since` is when the answer's head arrived.
-    pub(super) fn put(&self, connection: Http1, since: Instant) {
+    /// Hands an HTTP/1.1 connection back as soon as its request is answered; it is ready
+    /// again once the answer's body has been read. Beyond `max_idle`, the oldest goes (it
+    /// closes after its current exchange). `now` is when the answer's head arrived.
+    pub(super) fn put(
+        &self,
+        sender: http1::SendRequest<Body>,
+        thread: usize,
+        timer: Pin<Box<Sleep>>,
+        now: Instant,
+    ) {
         if self.max_idle == 0 {
             return;
         }
@@ -189,7 +193,12 @@ impl Pool {
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }
-        idle.push(Idle { connection, since });
+        idle.push(Idle {
+            sender,
+            thread,
+            timer: Some(timer),
+            since: now,
+        });
     }
 
     /// Adds a new HTTP/2 connection to the pool and takes it for the request that opened it.
@@ -203,17 +212,15 @@ impl Pool {
         taken
     }
 
-    /// Handed back longer ago than the idle timeout.
+    /// Ready (so not answering) and handed back longer ago than the idle timeout.
     fn expired(&self, entry: &Idle, now: Instant) -> bool {
-        now.duration_since(entry.since) >= self.idle_timeout
+        now.duration_since(entry.since) >= self.idle_timeout && entry.sender.is_ready()
     }
 
-    /// Drops expired connections and those the upstream has closed (polled here, since nothing
-    /// else polls a pooled connection).
-    pub(super) fn prune(&self) {
+    /// Drops closed and expired connections.
+    fn prune(&self) {
         let now = Instant::now();
-        lock(&self.http1)
-            .retain_mut(|entry| !self.expired(entry, now) && !entry.connection.ended());
+        lock(&self.http1).retain(|entry| !entry.sender.is_closed() && !self.expired(entry, now));
         let mut http2 = lock(&self.http2);
         http2.retain(|shared| !shared.sender.is_closed());
         // Connections opened for a burst go once nothing waits on them; one idle one stays.
