@@ -473,31 +473,62 @@ mod tests {
         true
     }
 
-    /// An upstream that answers the first request of each connection and keeps it open, then
-    /// reads the next request and closes without a word: the upstream side of the keep-alive
-    /// race. Returns its URL and the count of connections accepted.
-    async fn closes_after_one_answer() -> (String, Arc<AtomicUsize>) {
+    /// An upstream on a free port that hands each connection it accepts to a task running
+    /// `serve`. Returns its URL and the count of connections accepted.
+    async fn upstream_serving<F, S>(serve: F) -> (String, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> S + Send + 'static,
+        S: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
         tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
+            while let Ok((stream, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if read_head(&mut stream).await {
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        let _ = stream.write_all(answer).await;
-                        read_head(&mut stream).await;
-                    }
-                });
+                tokio::spawn(serve(stream));
             }
         });
         (url, accepted)
     }
 
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// An upstream that answers the first request of each connection and keeps it open, then
+    /// reads the next request and closes without a word: the upstream side of the keep-alive
+    /// race.
+    async fn closes_after_one_answer() -> (String, Arc<AtomicUsize>) {
+        upstream_serving(|mut stream| async move {
+            if read_head(&mut stream).await {
+                let _ = stream.write_all(OK).await;
+                read_head(&mut stream).await;
+            }
+        })
+        .await
+    }
+
+    /// An upstream that gives every request `answer`, keeping its connections open.
+    async fn answering(answer: &'static [u8]) -> (String, Arc<AtomicUsize>) {
+        upstream_serving(move |mut stream| async move {
+            while read_head(&mut stream).await {
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+    }
+
     fn upstream(url: &str) -> Upstream {
-        let config = UpstreamConfig {
+        let mut upstream = Upstream::new(&upstream_config(url)).expect("upstream");
+        // Every pooled connection counts as idle long enough.
+        upstream.replay_after_idle = Duration::ZERO;
+        upstream
+    }
+
+    fn upstream_config(url: &str) -> UpstreamConfig {
+        UpstreamConfig {
             url: url.parse().expect("url"),
             ca_file: None,
             connect_timeout: Duration::from_secs(5),
@@ -506,23 +537,33 @@ mod tests {
             pool_max_idle_per_host: 8,
             max_connections: 16,
             body_timeout: Duration::from_secs(5),
-        };
-        let mut upstream = Upstream::new(&config).expect("upstream");
-        // Every pooled connection counts as idle long enough.
-        upstream.replay_after_idle = Duration::ZERO;
-        upstream
+        }
     }
 
-    async fn send(upstream: &Upstream, method: Method) -> Result<StatusCode, UpstreamError> {
+    /// The answer to a bodiless `method` request, its body still to be read.
+    async fn answer(
+        upstream: &Upstream,
+        method: Method,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let mut request = Request::new(super::super::full_body(bytes::Bytes::new()));
         *request.method_mut() = method;
         *request.uri_mut() = Uri::from_static("/v2/carts");
         upstream.retarget(&mut request);
-        let (response, _) = upstream.send(request, Instant::now()).await?;
+        Ok(upstream.send(request, Instant::now()).await?.0)
+    }
+
+    async fn send(upstream: &Upstream, method: Method) -> Result<StatusCode, UpstreamError> {
+        let response = answer(upstream, method).await?;
         let status = response.status();
         // Read the answer whole, and wait for hyper to mark its connection ready again, so the
         // next request takes it from the pool.
         let _ = response.into_body().collect().await;
+        ready_again(upstream).await;
+        Ok(status)
+    }
+
+    /// Waits (at most 5 s) until a pooled connection is ready for another request.
+    async fn ready_again(upstream: &Upstream) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline
             && !lock(&upstream.pool.http1)
@@ -531,7 +572,6 @@ mod tests {
         {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok(status)
     }
 
     #[tokio::test]
@@ -553,20 +593,14 @@ mod tests {
     #[tokio::test]
     async fn a_pooled_connection_times_out_at_its_new_request_deadline() {
         // Answers the first request, then reads the second and stays silent.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    if read_head(&mut stream).await {
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        let _ = stream.write_all(answer).await;
-                        read_head(&mut stream).await;
-                        tokio::time::sleep(Duration::from_secs(10)).await;
-                    }
-                });
+        let (url, _) = upstream_serving(|mut stream| async move {
+            if read_head(&mut stream).await {
+                let _ = stream.write_all(OK).await;
+                read_head(&mut stream).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
             }
-        });
+        })
+        .await;
         let mut upstream = upstream(&url);
         let timeout = Duration::from_millis(300);
         upstream.response_timeout = timeout;
@@ -601,5 +635,92 @@ mod tests {
             "{failed:?}"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_a_body_leaves_its_connection_for_the_next_request() {
+        // A 204 has no body to read: the server may drop it unpolled, and its connection must
+        // still be ready for the next request.
+        let (url, accepted) = answering(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let upstream = upstream(&url);
+        for _ in 0..3 {
+            let response = answer(&upstream, Method::GET).await.expect("answer");
+            assert_eq!(response.status(), StatusCode::NO_CONTENT);
+            assert!(http_body::Body::is_end_stream(response.body()));
+            drop(response);
+            ready_again(&upstream).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_given_up_halfway_closes_its_connection_and_frees_its_place() {
+        // Declares more than it sends: the body never ends.
+        let cut = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf";
+        let (url, accepted) = answering(cut).await;
+        let mut upstream = upstream(&url);
+        upstream.pool = Pool::new(&UpstreamConfig {
+            max_connections: 1,
+            ..upstream_config(&url)
+        });
+        for round in 1..=2 {
+            let response = answer(&upstream, Method::GET).await.expect("answer");
+            let mut body = response.into_body();
+            let first = body.frame().await.expect("a frame").expect("data");
+            assert_eq!(first.into_data().ok().as_deref(), Some(&b"half"[..]));
+            // The client goes away: the connection, with the rest of its answer still on the
+            // way, must not be reused, and its one place must come free for the next request.
+            drop(body);
+            assert_eq!(accepted.load(Ordering::SeqCst), round);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while upstream.pool.slots.available_permits() == 0 {
+                assert!(Instant::now() < deadline, "the connection kept its place");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(upstream.pool.slots.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_upstream_closes_leaves_the_pool_and_frees_its_place() {
+        // Answers one request per connection, then closes it when told, while the connection
+        // sits in the pool: the pool must let it go, and its place with it.
+        let (close, closing) = tokio::sync::watch::channel(false);
+        let (url, accepted) = upstream_serving(move |mut stream| {
+            let mut closing = closing.clone();
+            async move {
+                if read_head(&mut stream).await {
+                    let _ = stream.write_all(OK).await;
+                    let _ = closing.wait_for(|close| *close).await;
+                }
+            }
+        })
+        .await;
+        let upstream = upstream(&url);
+        assert_eq!(
+            send(&upstream, Method::GET).await.ok(),
+            Some(StatusCode::OK)
+        );
+        assert_eq!(lock(&upstream.pool.http1).len(), 1);
+        let _ = close.send(true);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            upstream.pool.prune();
+            if lock(&upstream.pool.http1).is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the closed connection stayed in the pool"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Its place is free again, and a request that may not be sent twice goes out whole on
+        // a new connection.
+        assert_eq!(upstream.pool.slots.available_permits(), 16);
+        let posted = answer(&upstream, Method::POST).await.map(|a| a.status());
+        assert_eq!(posted.ok(), Some(StatusCode::OK));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }

@@ -218,7 +218,7 @@ impl Pool {
     }
 
     /// Drops closed and expired connections.
-    fn prune(&self) {
+    pub(super) fn prune(&self) {
         let now = Instant::now();
         lock(&self.http1).retain(|entry| !entry.sender.is_closed() && !self.expired(entry, now));
         let mut http2 = lock(&self.http2);
