@@ -28,7 +28,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 install_missing nginx wrk taskset python3 curl
 require nginx wrk python3 curl
 
-cargo build --release --quiet --bin account-gate --example mint
+build_for_bench release mint
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 BIN=$TARGET_DIR/release/account-gate
 MINT=$TARGET_DIR/release/examples/mint

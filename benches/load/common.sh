@@ -21,6 +21,18 @@ require() { # tool...
   done
 }
 
+# Builds the gateway in PROFILE and the examples named. The gateway gets a `cargo build` of its
+# own: built in one command with the examples, it would carry the features their
+# dev-dependencies turn on (about 390 KiB more code), and the binary measured would not be the
+# one users run.
+build_for_bench() { # profile example...
+  local profile=$1 example args=()
+  shift
+  cargo build --profile "$profile" --quiet --bin account-gate
+  for example in "$@"; do args+=(--example "$example"); done
+  [ "${#args[@]}" = 0 ] || cargo build --profile "$profile" --quiet "${args[@]}"
+}
+
 # A free loopback port.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -22,7 +22,7 @@ N2=${N2:-1500}
 install_missing valgrind nginx python3 curl
 require valgrind nginx python3 curl
 
-cargo build --profile profiling --quiet --bin account-gate --example mint
+build_for_bench profiling mint
 BIN=${BIN:-$PWD/target/profiling/account-gate}
 MINT=$PWD/target/profiling/examples/mint
 

@@ -30,7 +30,7 @@ install_missing nginx wrk taskset python3 curl
 require nginx wrk python3 curl
 
 if [ -z "${BIN:-}" ]; then
-  cargo build --release --quiet --bin account-gate --example mint
+  build_for_bench release mint
   BIN=$PWD/target/release/account-gate
 fi
 MINT=${MINT:-$(dirname "$BIN")/examples/mint}

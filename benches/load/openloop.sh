@@ -35,7 +35,7 @@ CONNS=${CONNS:-64}
 install_missing nginx taskset python3 curl
 require nginx python3 curl
 
-cargo build --release --quiet --bin account-gate --example mint --example openloop
+build_for_bench release mint openloop
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 BIN=${BIN:-$TARGET_DIR/release/account-gate}
 MINT=$TARGET_DIR/release/examples/mint

@@ -24,7 +24,7 @@ install_missing nginx wrk taskset python3 curl
 require nginx wrk python3 curl
 [ "$(nproc)" -ge 2 ] || { echo "needs two cores"; exit 1; }
 
-cargo build --release --quiet --bin account-gate --example mint
+build_for_bench release mint
 BIN=${BIN:-$PWD/target/release/account-gate}
 MINT=$PWD/target/release/examples/mint
 

@@ -26,7 +26,7 @@ if ! command -v inferno-flamegraph >/dev/null 2>&1; then
 fi
 
 # Release code with symbols (profile `profiling` in Cargo.toml).
-cargo build --profile profiling --quiet --bin account-gate --example mint
+build_for_bench profiling mint
 BIN=$PWD/target/profiling/account-gate
 MINT=$PWD/target/profiling/examples/mint
 

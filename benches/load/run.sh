@@ -45,7 +45,7 @@ skip_haproxy=0
 command -v haproxy >/dev/null 2>&1 || { echo "SKIPPED: haproxy is not installed and could not be; no HAProxy rows"; skip_haproxy=1; }
 require nginx wrk python3 curl
 
-cargo build --release --quiet --bin account-gate --example mint
+build_for_bench release mint
 BIN=$PWD/target/release/account-gate
 MINT=$PWD/target/release/examples/mint
 

@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RPS=${1:-10000}
 SECONDS_TO_RUN=${2:-300}
-cargo build --release --quiet --bin account-gate --example soak
 . benches/load/common.sh
+build_for_bench release soak
 scratch
 GW=$(port); ADMIN=$(port); EMU=$(port)
 # The default store (100 000) fills within a minute at 10 % sign-ups; the full store then evicts
