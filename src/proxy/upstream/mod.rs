@@ -564,14 +564,24 @@ mod tests {
 
     /// Waits (at most 5 s) until a pooled connection is ready for another request.
     async fn ready_again(upstream: &Upstream) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && !lock(&upstream.pool.http1)
+        let ready = || {
+            lock(&upstream.pool.http1)
                 .iter()
                 .any(|entry| entry.sender.is_ready())
-        {
+        };
+        eventually(ready).await;
+    }
+
+    /// Whether `done` holds within 5 s, asked every millisecond.
+    async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            if Instant::now() >= deadline {
+                return false;
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        true
     }
 
     #[tokio::test]
@@ -672,11 +682,8 @@ mod tests {
             // way, must not be reused, and its one place must come free for the next request.
             drop(body);
             assert_eq!(accepted.load(Ordering::SeqCst), round);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while upstream.pool.slots.available_permits() == 0 {
-                assert!(Instant::now() < deadline, "the connection kept its place");
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            let freed = || upstream.pool.slots.available_permits() > 0;
+            assert!(eventually(freed).await, "the connection kept its place");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(upstream.pool.slots.available_permits(), 1);
@@ -704,18 +711,14 @@ mod tests {
         );
         assert_eq!(lock(&upstream.pool.http1).len(), 1);
         let _ = close.send(true);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        let let_go = || {
             upstream.pool.prune();
-            if lock(&upstream.pool.http1).is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the closed connection stayed in the pool"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+            lock(&upstream.pool.http1).is_empty()
+        };
+        assert!(
+            eventually(let_go).await,
+            "the closed connection stayed in the pool"
+        );
         // Its place is free again, and a request that may not be sent twice goes out whole on
         // a new connection.
         assert_eq!(upstream.pool.slots.available_permits(), 16);
